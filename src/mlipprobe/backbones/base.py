@@ -1,0 +1,184 @@
+"""The one interface every backbone (MACE, PET, ...) implements.
+
+A backbone turns ``ase.Atoms`` into its own graph objects, batches them, and maps a batch
+to energies, forces, stress, the outputs of any heads added for new targets, and per-atom
+features. Training, strategies and embedding writers only talk to this interface; nothing
+outside ``mlipprobe.backbones`` imports mace or metatrain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+FEATURE_KINDS = ("backbone", "last_layer")
+PARAMETER_GROUPS = ("backbone", "heads", "new_heads")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, is of an unknown kind, or does not fit the data."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """Loading this checkpoint would run code stored in the file; the user must opt in."""
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head added to a pretrained model for a new target.
+
+    ``dim`` outputs per atom; ``vector=True`` asks for an equivariant (L=1) output of three
+    components per atom (a dipole-like target), otherwise the outputs are invariant.
+    """
+
+    name: str
+    dim: int = 1
+    vector: bool = False
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "vector": self.vector}
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone returns for one batch.
+
+    Shapes: ``energy`` (n_structures,), ``forces`` (n_atoms, 3), ``stress``
+    (n_structures, 3, 3), ``heads[name]`` (n_atoms, dim) per-atom outputs of added heads,
+    ``features[kind]`` (n_atoms, d).
+    """
+
+    energy: torch.Tensor | None = None
+    forces: torch.Tensor | None = None
+    stress: torch.Tensor | None = None
+    heads: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Backbone(nn.Module):
+    """Base class of all backbones.
+
+    Subclasses implement ``atoms_to_graph``, ``collate_graphs``, ``forward``,
+    ``parameter_groups``, ``add_head``, ``reset_parameters`` and ``save``; the base class
+    supplies batching, element checks and ``embed``.
+
+    Attributes
+    ----------
+    kind : str
+        ``"mace"`` or ``"pet"``; stored in every checkpoint and embedding file.
+    atomic_numbers : list[int]
+        Elements the model knows.
+    source : str
+        Where the weights came from (a path, or ``"scratch"``).
+    source_sha256 : str
+        SHA-256 of the file the weights came from (empty for scratch).
+    """
+
+    kind: str = "base"
+    export_suffix: str | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_specs: dict[str, HeadSpec] = {}
+        self.source = "scratch"
+        self.source_sha256 = ""
+
+    # --- data -----------------------------------------------------------------------
+    @property
+    def atomic_numbers(self) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def atoms_to_graph(self, atoms) -> Any:
+        """One structure as this backbone's graph object (built with ``self.dtype``)."""
+        raise NotImplementedError
+
+    def collate_graphs(self, graphs: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+    def check_elements(self, structures, source: str = "the data") -> None:
+        """Raise ``CheckpointError`` naming any element the model does not know."""
+        from ase.data import chemical_symbols
+
+        known = set(self.atomic_numbers)
+        for position, atoms in enumerate(structures):
+            unknown = sorted(set(int(z) for z in atoms.numbers) - known)
+            if unknown:
+                index = atoms.info.get("structure_index", position)
+                names = ", ".join(chemical_symbols[z] for z in unknown)
+                model_names = ", ".join(chemical_symbols[z] for z in sorted(known))
+                raise CheckpointError(
+                    f"Element(s) {names} in structure {index} of {source} are not known to "
+                    f"the {self.kind} model from {self.source} (its elements: {model_names})."
+                )
+
+    # --- model ----------------------------------------------------------------------
+    def forward(
+        self,
+        graph: Any,
+        compute_forces: bool = False,
+        compute_stress: bool = False,
+        features: Sequence[str] = (),
+    ) -> BackboneOutput:
+        raise NotImplementedError
+
+    def feature_names(self) -> list[str]:
+        """Feature kinds this backbone can return: ``backbone``, ``last_layer``, extras."""
+        return list(FEATURE_KINDS)
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Named parameters split into ``backbone``, ``heads`` (pretrained readouts) and
+        ``new_heads`` (heads added for new targets). Every parameter is in exactly one."""
+        raise NotImplementedError
+
+    def add_head(self, spec: HeadSpec) -> None:
+        """Add a freshly initialised head for a new target."""
+        raise NotImplementedError
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Re-initialise every weight (same architecture, random init: ``scratch``)."""
+        raise NotImplementedError
+
+    # --- files ----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Save weights + hyperparameters in mlipprobe's format (no code in the file)."""
+        raise NotImplementedError
+
+    def export(self, path: str | Path) -> Path:
+        """Write the model in its upstream package's own format (``export_suffix``)."""
+        raise NotImplementedError
+
+    # --- API ------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(
+        self,
+        structures,
+        batch_size: int = 32,
+        features: Sequence[str] = FEATURE_KINDS,
+    ) -> dict[str, np.ndarray]:
+        """Per-atom features of ``structures``, rows in input order.
+
+        Returns ``{kind: ndarray (n_atoms_total, d)}`` for each requested kind.
+        """
+        structures = list(structures)
+        self.check_elements(structures)
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        chunks: dict[str, list[np.ndarray]] = {kind: [] for kind in features}
+        for start in range(0, len(structures), batch_size):
+            graphs = [self.atoms_to_graph(a) for a in structures[start : start + batch_size]]
+            graph = self.collate_graphs(graphs).to(device)
+            output = self(graph, features=features)
+            for kind in features:
+                chunks[kind].append(output.features[kind].detach().cpu().numpy())
+        self.train(was_training)
+        return {kind: np.concatenate(parts, axis=0) for kind, parts in chunks.items()}
