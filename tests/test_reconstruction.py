@@ -1,0 +1,256 @@
+"""GFRE/LFRE: agreement with scikit-matter, mathematical properties, error messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skmatter.linear_model import Ridge2FoldCV
+from skmatter.metrics import (
+    global_reconstruction_error,
+    local_reconstruction_error,
+    pointwise_global_reconstruction_error,
+    pointwise_local_reconstruction_error,
+)
+from skmatter.metrics._reconstruction_measures import check_global_reconstruction_measures_input
+from skmatter.preprocessing import StandardFlexibleScaler
+
+from mlipprobe.analysis import (
+    DEFAULT_RANDOM_STATE,
+    gfre,
+    lfre,
+    pointwise_gfre,
+    pointwise_lfre,
+    reconstruction_split,
+)
+
+RTOL = 1e-6  # observed agreement is ~1e-15
+
+
+def features(n_samples, dim_x, dim_y, seed=0):
+    """X with correlated columns; Y a nonlinear function of X plus noise."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_samples, dim_x)) @ rng.normal(size=(dim_x, dim_x))
+    Y = np.tanh(X @ rng.normal(size=(dim_x, dim_y)) / dim_x) + 0.05 * rng.normal(
+        size=(n_samples, dim_y)
+    )
+    return X, Y
+
+
+def random_rotation(dim, seed=1):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(dim, dim)))
+    return q * np.sign(np.diag(r))
+
+
+SHAPES = [(120, 6, 15), (140, 18, 5), (100, 8, 8)]
+
+
+# --- agreement with scikit-matter --------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gfre_matches_skmatter_default_split(shape):
+    X, Y = features(*shape)
+    assert gfre(X, Y) == pytest.approx(global_reconstruction_error(X, Y), rel=RTOL)
+    np.testing.assert_allclose(
+        pointwise_gfre(X, Y), pointwise_global_reconstruction_error(X, Y), rtol=RTOL
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lfre_matches_skmatter_default_split(shape):
+    X, Y = features(*shape)
+    k = min(shape[1:]) + 4
+    assert lfre(X, Y, k) == pytest.approx(local_reconstruction_error(X, Y, k), rel=RTOL)
+    np.testing.assert_allclose(
+        pointwise_lfre(X, Y, k), pointwise_local_reconstruction_error(X, Y, k), rtol=RTOL
+    )
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        dict(train_idx=np.arange(0, 150, 2), test_idx=np.arange(1, 150, 2)),
+        dict(train_idx=np.arange(40, 150)),
+        dict(test_idx=np.array([5, 3, 90, 17, 64, 120, 33])),
+    ],
+    ids=["both", "train-only", "test-only"],
+)
+def test_explicit_splits_match_skmatter(split):
+    X, Y = features(150, 12, 20, seed=3)
+    np.testing.assert_allclose(
+        pointwise_gfre(X, Y, **split),
+        pointwise_global_reconstruction_error(X, Y, **split),
+        rtol=RTOL,
+    )
+    np.testing.assert_allclose(
+        pointwise_lfre(X, Y, 15, **split),
+        pointwise_local_reconstruction_error(X, Y, 15, **split),
+        rtol=RTOL,
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(regularization_method="tikhonov"),
+        dict(alpha_type="absolute", alphas=(1e-6, 1e-3, 1e-1, 1.0, 10.0)),
+        dict(random_state=7, alphas=(1e-4, 1e-2, 0.5)),
+    ],
+)
+def test_ridge_options_match_skmatter(options):
+    X, Y = features(130, 10, 14, seed=4)
+    estimator = Ridge2FoldCV(
+        alphas=np.asarray(options.get("alphas", np.geomspace(1e-9, 0.9, 20))),
+        alpha_type=options.get("alpha_type", "relative"),
+        regularization_method=options.get("regularization_method", "cutoff"),
+        random_state=options.get("random_state", DEFAULT_RANDOM_STATE),
+        shuffle=True,
+        scoring="neg_root_mean_squared_error",
+    )
+    split = dict(train_idx=np.arange(90), test_idx=np.arange(90, 130))
+    np.testing.assert_allclose(
+        pointwise_gfre(X, Y, **split, **options),
+        pointwise_global_reconstruction_error(X, Y, **split, estimator=estimator),
+        rtol=RTOL,
+    )
+    np.testing.assert_allclose(
+        pointwise_lfre(X, Y, 16, **split, **options),
+        pointwise_local_reconstruction_error(X, Y, 16, **split, estimator=estimator),
+        rtol=RTOL,
+    )
+
+
+def test_unscaled_matches_skmatter_identity_scaler():
+    X, Y = features(110, 7, 9, seed=5)
+    identity = StandardFlexibleScaler(with_mean=False, with_std=False)
+    np.testing.assert_allclose(
+        pointwise_gfre(X, Y, scaler=False),
+        pointwise_global_reconstruction_error(X, Y, scaler=identity),
+        rtol=RTOL,
+    )
+    np.testing.assert_allclose(
+        pointwise_lfre(X, Y, 12, scaler=False),
+        pointwise_local_reconstruction_error(X, Y, 12, scaler=identity),
+        rtol=RTOL,
+    )
+
+
+def test_default_split_is_skmatters():
+    train, test, _, _ = check_global_reconstruction_measures_input(
+        np.zeros((57, 1)), np.zeros((57, 1)), None, None, None, None
+    )
+    ours_train, ours_test = reconstruction_split(57)
+    np.testing.assert_array_equal(ours_train, train)
+    np.testing.assert_array_equal(ours_test, test)
+
+
+# --- inputs, batching, types -------------------------------------------------------
+
+
+def test_torch_inputs_and_batching_give_the_same_errors():
+    X, Y = features(160, 9, 11, seed=6)
+    reference = pointwise_lfre(X, Y, 14)
+    from_torch = pointwise_lfre(torch.from_numpy(X), torch.from_numpy(Y), 14, batch_size=7)
+    assert isinstance(from_torch, np.ndarray) and from_torch.shape == (80,)
+    np.testing.assert_allclose(from_torch, reference, rtol=1e-12)
+    train, test = torch.arange(100), torch.arange(100, 160)
+    expected = gfre(X, Y, train_idx=train.numpy(), test_idx=test.numpy())
+    assert gfre(X, Y, train_idx=train, test_idx=test) == pytest.approx(expected, rel=1e-12)
+
+
+def test_default_n_local_points_is_min_dimension():
+    """The paper's k = min(dim X, dim Y): a rank-deficient centred neighbourhood."""
+    X, Y = features(100, 6, 10, seed=7)
+    assert lfre(X, Y) == lfre(X, Y, 6)
+    assert lfre(X, Y) == pytest.approx(local_reconstruction_error(X, Y, 6), rel=RTOL)
+
+
+def test_float32_is_close_to_float64():
+    X, Y = features(200, 10, 20, seed=13)
+    assert gfre(X, Y, dtype=torch.float32) == pytest.approx(gfre(X, Y), rel=1e-4)
+    assert lfre(X, Y, dtype=torch.float32) == pytest.approx(lfre(X, Y), rel=1e-4)
+
+
+def test_aggregates_are_root_mean_squares():
+    X, Y = features(100, 6, 10, seed=8)
+    value = gfre(X, Y)
+    assert isinstance(value, float)
+    assert value == pytest.approx(np.sqrt(np.mean(pointwise_gfre(X, Y) ** 2)))
+    assert lfre(X, Y, 8) == pytest.approx(np.sqrt(np.mean(pointwise_lfre(X, Y, 8) ** 2)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    X, Y = features(200, 12, 16, seed=9)
+    assert gfre(X, Y, device="cuda") == pytest.approx(gfre(X, Y), rel=1e-8)
+    assert lfre(X, Y, 14, device="cuda") == pytest.approx(lfre(X, Y, 14), rel=1e-8)
+
+
+# --- mathematical properties -------------------------------------------------------
+
+
+def test_identity_rotation_and_duplication_reconstruct_perfectly():
+    X, _ = features(200, 10, 1, seed=10)
+    assert gfre(X, X) < 1e-8
+    assert gfre(X, X @ random_rotation(10)) < 1e-8
+    assert gfre(X, np.hstack([X, X])) < 1e-8
+    assert lfre(X, X, 15) < 1e-8
+    assert lfre(X, X @ random_rotation(10), 15) < 1e-8
+
+
+def test_reconstruction_is_asymmetric():
+    """A projection is reconstructed from the full features, not the reverse."""
+    X, _ = features(200, 10, 1, seed=11)
+    projection = X[:, :2]
+    assert gfre(X, projection) < 1e-8
+    assert gfre(projection, X) > 0.5
+
+
+def test_unrelated_features_give_error_near_one():
+    rng = np.random.default_rng(12)
+    X, Y = rng.normal(size=(400, 5)), rng.normal(size=(400, 5))
+    assert 0.9 < gfre(X, Y) < 1.1
+
+
+# --- error messages ----------------------------------------------------------------
+
+
+def test_mismatched_rows_name_both_shapes():
+    X, Y = features(50, 4, 6)
+    with pytest.raises(ValueError, match=r"X has shape \(50, 4\), Y has shape \(49, 6\)"):
+        gfre(X, Y[:49])
+    with pytest.raises(ValueError, match=r"X has shape \(50, 4\), Y has shape \(49, 6\)"):
+        lfre(X, Y[:49], 5)
+
+
+@pytest.mark.parametrize("name", ["X", "Y"])
+def test_nan_is_rejected(name):
+    X, Y = features(50, 4, 6)
+    (X if name == "X" else Y)[3, 1] = np.nan
+    with pytest.raises(ValueError, match=f"{name} contains NaN or infinite values"):
+        gfre(X, Y)
+
+
+@pytest.mark.parametrize("k", [26, 1])
+def test_n_local_points_outside_training_set_is_rejected(k):
+    X, Y = features(50, 4, 6)
+    with pytest.raises(
+        ValueError,
+        match=rf"n_local_points={k} must lie between 2 and the number of training points \(25\)",
+    ):
+        lfre(X, Y, k)
+
+
+def test_other_bad_inputs_are_rejected():
+    X, Y = features(50, 4, 6)
+    with pytest.raises(ValueError, match=r"X must be 2-D .* got shape \(50,\)"):
+        gfre(X[:, 0], Y)
+    with pytest.raises(ValueError, match="Y has \\(almost\\) zero total variance"):
+        gfre(X, np.ones_like(Y))
+    with pytest.raises(ValueError, match="train_idx has indices outside"):
+        gfre(X, Y, train_idx=[0, 1, 50])
+    with pytest.raises(ValueError, match="alphas must be"):
+        gfre(X, Y, alphas=(0.1, 1.5))
+    with pytest.raises(ValueError, match="regularization_method must be"):
+        gfre(X, Y, regularization_method="lasso")
