@@ -1,0 +1,39 @@
+# `make demo` and `make test` work on a fresh clone: they create .venv and install first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEMO_DIR ?= outputs/demo
+
+.PHONY: install test test-all demo demo-parent bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	# a plain `torch` requirement would pull a multi-GB CUDA build: take the CPU wheel first
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -m "not slow"
+
+test-all: install
+	$(PY) -m pytest
+
+# Five strategies from the bundled demo MACE parent on the bundled QM9 demo set.
+demo: install
+	$(PY) train.py -m experiment=demo_scratch,demo_full,demo_head,demo_transfer_full,demo_transfer_head \
+		trainer=cpu hydra.sweep.dir=$(DEMO_DIR)
+	$(PY) -m mlipprobe.reporting $(DEMO_DIR)
+
+# Recipe of checkpoints/demo_mace_parent.pt (committed, so `make demo` needs no pretraining).
+demo-parent: install
+	$(PY) train.py experiment=pretrain_demo trainer=cpu hydra.run.dir=outputs/pretrain_demo
+	cp outputs/pretrain_demo/checkpoints/model.pt checkpoints/demo_mace_parent.pt
+
+bench: install
+	$(PY) benchmarks/bench_embed.py
+
+clean:
+	rm -rf outputs multirun

@@ -1,0 +1,35 @@
+"""OmegaConf resolvers used by the config tree (registered on import)."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import OmegaConf
+
+PRECISION = {"float32": "32-true", "float64": "64-true"}
+
+
+def precision_of(dtype: str) -> str:
+    """Lightning precision flag for a model dtype."""
+    if dtype not in PRECISION:
+        raise ValueError(f"dtype must be one of {sorted(PRECISION)}, got '{dtype}'")
+    return PRECISION[dtype]
+
+
+def wandb_offline() -> bool:
+    """Offline unless an API key is configured (environment or ``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = os.path.expanduser("~/.netrc")
+    if os.path.exists(netrc):
+        with open(netrc) as handle:
+            return "api.wandb.ai" not in handle.read()
+    return True
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("mlipprobe.precision", precision_of, replace=True)
+    OmegaConf.register_new_resolver("mlipprobe.wandb_offline", wandb_offline, replace=True)
+
+
+register_resolvers()

@@ -1,0 +1,145 @@
+"""What ``train.py`` runs: ``task=train`` (fine-tune + embed) and ``task=embed``.
+
+Output layout of a ``train`` run (``paths.output_dir``)::
+
+    checkpoints/model.pt        mlipprobe checkpoint (weights + hyperparameters, safe to load)
+    checkpoints/model.model     mace-compatible export (MACE backbones)
+    checkpoints/lightning/      Lightning checkpoints (best, last)
+    embeddings/parent.h5        features of the starting checkpoint (fine-tuning runs)
+    embeddings/trained.h5       features of the trained model
+    metrics.json                final validation and test metrics
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from mlipprobe.backbones import build_backbone
+from mlipprobe.io import atomic_path
+from mlipprobe.training import PotentialModule, head_specs
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run as given."""
+
+
+def _instantiate_list(section: DictConfig | None) -> list:
+    if not section:
+        return []
+    return [hydra.utils.instantiate(c) for c in section.values() if c is not None and "_target_" in c]
+
+
+def _trainer(cfg: DictConfig, **overrides) -> L.Trainer:
+    if cfg.trainer.get("inference_mode", False):
+        raise ConfigError(
+            "trainer.inference_mode=true disables autograd in validation and test, but forces "
+            "and stress are gradients of the energy: leave it false"
+        )
+    callbacks = _instantiate_list(cfg.get("callbacks"))
+    loggers = _instantiate_list(cfg.get("logger"))
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def _embed(backbone, datamodule, cfg: DictConfig, path: Path, role: str) -> Path:
+    from mlipprobe.embeddings import write_embeddings
+
+    attributes = {"strategy": cfg.strategy.name if "strategy" in cfg else "", "role": role}
+    trainer_kwargs = {
+        "accelerator": cfg.trainer.get("accelerator", "auto"),
+        "devices": 1,
+        "inference_mode": True,
+        "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True),
+    }
+    write_embeddings(backbone, datamodule, path, list(cfg.embed.features), attributes, trainer_kwargs)
+    log.info("Embeddings (%s) written to %s", role, path)
+    return path
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fine-tune (or train from scratch) and write checkpoints and embeddings.
+
+    Returns ``(metrics, objects)``: final metrics and the built objects (for tests).
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = hydra.utils.instantiate(cfg.data).load()
+    train_structures = datamodule.split("train")
+    datamodule.split("val")
+    backbone = hydra.utils.instantiate(cfg.backbone, structures=train_structures)
+    strategy = hydra.utils.instantiate(cfg.strategy)
+    backbone.check_elements(datamodule.structures, source=datamodule.path)
+    outputs: dict[str, Any] = {}
+    if cfg.embed.parent and cfg.backbone.get("checkpoint"):
+        outputs["parent_embeddings"] = _embed(
+            backbone, datamodule, cfg, output_dir / "embeddings" / "parent.h5", "parent"
+        )
+
+    strategy.prepare(backbone, head_specs(datamodule.keys, train_structures), seed=cfg.seed)
+    module = PotentialModule(
+        backbone,
+        datamodule.keys,
+        strategy,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        loss_weights=OmegaConf.to_container(cfg.loss_weights) if cfg.get("loss_weights") else None,
+    )
+    module.normalize_new_heads(train_structures)
+    datamodule.attach(backbone)
+    trainer = _trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if not cfg.trainer.get("fast_dev_run"):
+        for result in trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False):
+            metrics.update({k: float(v) for k, v in result.items()})
+
+    metadata = {
+        "strategy": strategy.name,
+        "parent": backbone.source,
+        "parent_sha256": backbone.source_sha256,
+        "dataset": datamodule.path,
+        "dataset_sha256": datamodule.sha256,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    checkpoint = backbone.save(output_dir / "checkpoints" / "model.pt", metadata=metadata)
+    outputs["checkpoint"] = checkpoint
+    if backbone.export_suffix:
+        outputs["export"] = backbone.export(output_dir / "checkpoints" / f"model{backbone.export_suffix}")
+    trained = build_backbone(checkpoint=str(checkpoint), dtype=cfg.dtype)
+    outputs["embeddings"] = _embed(trained, datamodule, cfg, output_dir / "embeddings" / "trained.h5", "trained")
+    with atomic_path(output_dir / "metrics.json") as temporary:
+        temporary.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    for name, path in outputs.items():
+        log.info("%s: %s", name, path)
+    return metrics, {"backbone": backbone, "module": module, "trainer": trainer, "datamodule": datamodule, **outputs}
+
+
+def embed(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the embeddings of ``backbone.checkpoint`` on ``data.embed_split``."""
+    if not cfg.backbone.get("checkpoint"):
+        raise ConfigError("task=embed needs backbone.checkpoint=PATH")
+    datamodule = hydra.utils.instantiate(cfg.data).load()
+    backbone = hydra.utils.instantiate(cfg.backbone)
+    backbone.check_elements(datamodule.structures, source=datamodule.path)
+    path = Path(cfg.embed.output or Path(cfg.paths.output_dir) / "embeddings" / f"{Path(cfg.backbone.checkpoint).stem}.h5")
+    _embed(backbone, datamodule, cfg, path, "checkpoint")
+    return {}, {"embeddings": path, "backbone": backbone}
+
+
+TASKS = {"train": train, "embed": embed}
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Run ``cfg.task``; return the metric a sweeper optimises (``cfg.optimized_metric``)."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task must be one of {sorted(TASKS)}, got '{cfg.task}'")
+    metrics, _ = TASKS[cfg.task](cfg)
+    return metrics.get(cfg.get("optimized_metric") or "", None)
