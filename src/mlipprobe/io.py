@@ -20,6 +20,9 @@ def atomic_path(path: str | Path):
     os.close(handle)
     try:
         yield Path(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates files readable by the owner only
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
