@@ -102,3 +102,23 @@ def test_cli_bad_input_exits_non_zero_with_a_clear_message_and_no_output(tmp_pat
     assert result.returncode != 0
     assert re.search(message, result.stderr + result.stdout), (result.stderr + result.stdout)[-2000:]
     assert not list(tmp_path.glob("checkpoints/*")) and not list(tmp_path.glob("embeddings/*"))
+
+
+def test_wandb_logger_runs_offline_inside_the_output_folder(tmp_path, monkeypatch):
+    from mlipprobe.cli import task_wrapper
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login
+    task_wrapper(train)(compose_train(tmp_path, ["logger=wandb", "data.limit=24"]))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    import wandb
+
+    assert wandb.run is None  # finished by the task wrapper
+
+
+def test_ema_and_float64_runs(tmp_path):
+    metrics, objects = train(compose_train(tmp_path, ["callbacks=ema", "dtype=float64", "data.limit=24"]))
+    assert np.isfinite(metrics["test/energy_per_atom_mae"])
+    assert objects["backbone"].dtype.is_floating_point and str(objects["backbone"].dtype) == "torch.float64"
