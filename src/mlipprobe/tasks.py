@@ -44,8 +44,10 @@ def _trainer(cfg: DictConfig, **overrides) -> L.Trainer:
             "trainer.inference_mode=true disables autograd in validation and test, but forces "
             "and stress are gradients of the energy: leave it false"
         )
-    callbacks = _instantiate_list(cfg.get("callbacks"))
     loggers = _instantiate_list(cfg.get("logger"))
+    callbacks = _instantiate_list(cfg.get("callbacks"))
+    if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
