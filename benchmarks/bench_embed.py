@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500, help="number of molecules")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args()
 
     from mlipprobe import load_backbone
