@@ -149,3 +149,44 @@ def test_non_finite_loss_stops_the_run_with_a_message(parent, emt_file):
     datamodule = datamodule_for(emt_file, ENERGY_KEYS)
     with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at epoch 0.*energy_per_atom="):
         fit(backbone, STRATEGIES["full"], datamodule, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def qm9_with_vector_targets(tmp_path_factory):
+    """30 QM9 molecules with a real equivariant target: the Mulliken-charge dipole."""
+    import ase.io
+
+    from mlipprobe.data.qm9 import read_qm9
+
+    molecules = read_qm9(range(100, 130))
+    for atoms in molecules:
+        centred = atoms.positions - atoms.get_center_of_mass()
+        atoms.info["charge_dipole"] = atoms.arrays["mulliken"] @ centred
+        del atoms.info["smiles"]
+    path = tmp_path_factory.mktemp("qm9") / "qm9_vectors.extxyz"
+    ase.io.write(path, molecules)
+    return path
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"charge_dipole": {"key": "charge_dipole", "pooling": "sum", "vector": True}},
+        {"charges": {"key": "mulliken", "per_atom": True}},
+        {"zpve": {"key": "zpve", "pooling": "sum"}, "gap": {"key": "gap", "pooling": "mean"}},
+    ],
+    ids=["vector", "per_atom", "extensive+intensive"],
+)
+def test_new_targets_of_every_kind_train(qm9_with_vector_targets, target):
+    datamodule = datamodule_for(qm9_with_vector_targets, {"energy": None, "targets": target})
+    backbone = build_backbone(hypers=TINY_MACE, structures=datamodule.split("train"), dtype="float64")
+    _, trainer = fit(backbone, STRATEGIES["transfer_full"], datamodule, epochs=1)
+    for name in target:
+        assert np.isfinite(float(trainer.callback_metrics[f"val/{name}_mae"]))
+    if "charge_dipole" in target:
+        atoms = datamodule.split("val")[0]
+        rotated = atoms.copy()
+        rotated.rotate(90, "z", center="COM")
+        out = [backbone(backbone.collate_graphs([backbone.atoms_to_graph(a)])).heads["charge_dipole"].sum(0) for a in (atoms, rotated)]
+        turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        torch.testing.assert_close(turn @ out[0], out[1], atol=1e-8, rtol=0)
