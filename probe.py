@@ -1,10 +1,28 @@
-"""Compare and probe embedding files (GFRE/LFRE matrices, linear/MLP probes, CPD, report).
+"""Compare and probe embedding files written by train.py.
 
-Not implemented yet: this entry point arrives with the probe issue. Embedding files written
-by `train.py` (see README, "Embedding files") are the input it will read.
+    python probe.py                       # every embedding file under outputs/demo
+    python probe.py inputs=multirun/...   # a sweep folder, a glob or a list of .h5 files
+
+`python probe.py --help` shows the options; the report goes to outputs/probe/<time>/.
 """
 
-import sys
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("MLIPPROBE_ROOT", str(Path(__file__).resolve().parent))
+
+from mlipprobe.cli import task_wrapper  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="probe")
+def main(cfg: DictConfig) -> None:
+    from mlipprobe.probing import probe
+
+    task_wrapper(probe)(cfg)
+
 
 if __name__ == "__main__":
-    sys.exit("probe.py is not implemented yet; train.py writes the embedding files it will read.")
+    main()

@@ -1,16 +1,23 @@
-"""Summaries of run folders: which checkpoints and embedding files a run or sweep wrote.
+"""Tables, heatmaps and report.md; summaries of run folders.
 
-``python -m mlipprobe.reporting FOLDER`` prints one line per run with its strategy, final
+``python -m mlipprobe.reporting FOLDER`` prints one line per training run with its final
 test metrics and output files.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from mlipprobe.io import atomic_path
 
 
+# --- run folders ------------------------------------------------------------------------
 def run_folders(root: str | Path) -> list[Path]:
     """Run folders below ``root`` (those holding ``checkpoints/model.pt``)."""
     return sorted(p.parent.parent for p in Path(root).glob("**/checkpoints/model.pt"))
@@ -28,6 +35,87 @@ def summarize(root: str | Path) -> str:
     if not lines:
         return f"No runs found under {root}"
     return "\n".join(lines)
+
+
+# --- tables -------------------------------------------------------------------------------
+def write_matrix(matrix: np.ndarray, labels: Sequence[str], path: str | Path) -> tuple[Path, Path]:
+    """``path.csv`` (rows: source X, columns: target Y) and ``path.json``."""
+    path = Path(path)
+    with atomic_path(path.with_suffix(".csv")) as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["X \\ Y", *labels])
+            for label, row in zip(labels, matrix):
+                writer.writerow([label, *(f"{v:.6g}" for v in row)])
+    with atomic_path(path.with_suffix(".json")) as temporary:
+        temporary.write_text(json.dumps({"labels": list(labels), "matrix": matrix.tolist()}, indent=1))
+    return path.with_suffix(".csv"), path.with_suffix(".json")
+
+
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """A markdown table of dictionaries (floats rounded to ``digits`` significant digits)."""
+    if not rows:
+        return "_(empty)_"
+    columns = list(columns or rows[0].keys())
+    fmt = lambda v: f"{v:.{digits}g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def matrix_table(matrix: np.ndarray, labels: Sequence[str]) -> str:
+    rows = [{"X \\ Y": label, **{other: float(v) for other, v in zip(labels, row)}} for label, row in zip(labels, matrix)]
+    return markdown_table(rows, ["X \\ Y", *labels])
+
+
+# --- figures ------------------------------------------------------------------------------
+def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, path: str | Path) -> Path:
+    """Annotated heatmap: row = source features X, column = reconstructed features Y."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    figure, axes = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 1.8))
+    image = axes.imshow(matrix, cmap="viridis_r", vmin=0, vmax=max(1e-9, float(np.nanmax(matrix))))
+    axes.set_xticks(range(n), labels, rotation=35, ha="right")
+    axes.set_yticks(range(n), labels)
+    axes.set_xlabel("reconstructed Y")
+    axes.set_ylabel("source X")
+    axes.set_title(title)
+    threshold = 0.5 * float(np.nanmax(matrix))
+    for i in range(n):
+        for j in range(n):
+            color = "white" if matrix[i, j] > threshold else "black"
+            axes.text(j, i, f"{matrix[i, j]:.3f}", ha="center", va="center", color=color, fontsize=9)
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")
+    plt.close(figure)
+    return path
+
+
+# --- wandb ----------------------------------------------------------------------------------
+def log_folder_to_wandb(folder: str | Path, project: str, offline: bool, name: str | None = None) -> Path:
+    """Log every table (CSV) and figure (PNG) of a report folder as one wandb run."""
+    import wandb
+
+    folder = Path(folder)
+    run = wandb.init(project=project, dir=str(folder), name=name or folder.name, job_type="probe",
+                     mode="offline" if offline else "online")
+    try:
+        for table in sorted(folder.glob("tables/*.csv")):
+            with open(table, newline="") as handle:
+                rows = list(csv.reader(handle))
+            run.log({f"tables/{table.stem}": wandb.Table(columns=rows[0], data=rows[1:])})
+        for figure in sorted(folder.glob("figures/*.png")):
+            run.log({f"figures/{figure.stem}": wandb.Image(str(figure))})
+        return Path(run.dir)
+    finally:
+        wandb.finish()
 
 
 if __name__ == "__main__":

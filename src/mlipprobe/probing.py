@@ -1,0 +1,236 @@
+"""What ``probe.py`` runs: compare checkpoints' embeddings and probe what they encode.
+
+Report folder (``<paths.output_dir>/report``, written whole or not at all)::
+
+    report.md                         what was compared, every table, every figure
+    tables/{gfre,lfre,nonlinear}_<kind>.{csv,json}   ordered-pair matrices (row X -> column Y)
+    tables/probes.csv, tables/cpd.csv, tables/cumulants.csv
+    figures/{gfre,lfre,nonlinear}_<kind>.png          annotated heatmaps
+    figures/pcovr_<kind>.png                          PCovR maps coloured by the target
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from mlipprobe import reporting
+from mlipprobe.analysis import composition_matrix, cpd_scores, gfre, lfre, structure_cumulants
+from mlipprobe.comparison import (
+    EmbeddingSet,
+    check_same_atoms,
+    find_embedding_files,
+    load_embedding_sets,
+    pair_matrix,
+)
+from mlipprobe.io import atomic_directory
+
+log = logging.getLogger(__name__)
+
+
+def _write_rows(rows: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def structure_targets(sets: list[EmbeddingSet], structure_index: np.ndarray, cfg: DictConfig) -> dict[str, np.ndarray]:
+    """Per-structure targets (rows in sorted structure order) from the embedded data file."""
+    from mlipprobe.data.readers import KeyMap, read_structures
+
+    path = cfg.data.path or sets[0].attrs.get("dataset")
+    if not path or not cfg.data.targets:
+        return {}
+    keys = KeyMap.from_config({"energy": None, "targets": {name: {"key": name} for name in cfg.data.targets}})
+    structures = read_structures(path, keys)
+    order = np.unique(structure_index)
+    if order.max() >= len(structures):
+        raise ValueError(f"The embeddings refer to structure {order.max()} but {path} has {len(structures)}")
+    return {name: np.array([structures[i].info[name][0] for i in order]) for name in cfg.data.targets}
+
+
+def reconstruction_section(sets, kind, rows, cfg, output_dir: Path) -> list[str]:
+    labels = [s.label for s in sets]
+    measures = {}
+    if cfg.reconstruction.gfre:
+        measures["gfre"] = ("GFRE", lambda x, y: gfre(x, y))
+    if cfg.reconstruction.lfre:
+        k = cfg.reconstruction.n_local_points
+        measures["lfre"] = ("LFRE", lambda x, y: lfre(x, y, k))
+    if cfg.reconstruction.nonlinear:
+        from mlipprobe.probes.fit import reconstruction_error
+
+        hidden = list(cfg.reconstruction.hidden)
+        measures["nonlinear"] = (
+            "nonlinear (MLP) reconstruction error",
+            lambda x, y: reconstruction_error(x, y, hidden=hidden, accelerator=cfg.accelerator,
+                                              max_epochs=cfg.reconstruction.max_epochs),
+        )
+    lines = []
+    for name, (title, measure) in measures.items():
+        log.info("%s matrix on %s features of %d checkpoints", title, kind, len(sets))
+        matrix = pair_matrix(sets, kind, measure, rows)
+        reporting.write_matrix(matrix, labels, output_dir / "tables" / f"{name}_{kind}")
+        figure = reporting.heatmap(matrix, labels, f"{title}, {kind} features", output_dir / "figures" / f"{name}_{kind}.png")
+        lines += [f"### {title}: `{kind}` features", "", f"![{name} {kind}](figures/{figure.name})", "",
+                  reporting.matrix_table(matrix, labels), ""]
+    return lines
+
+
+def invariant_features(kind: str, features: np.ndarray) -> np.ndarray:
+    """Per-irrep routing: an L>0 slice ``layer{i}_L{l}`` (mul x (2l+1) components, e3nn
+    layout) enters scalar probes through its rotation-invariant channel norms."""
+    match = re.fullmatch(r"layer\d+_L(\d+)", kind)
+    if not match or int(match.group(1)) == 0:
+        return features
+    width = 2 * int(match.group(1)) + 1
+    return np.linalg.norm(features.reshape(len(features), -1, width), axis=-1)
+
+
+def probe_rows(sets, kind, structure_index, numbers, targets, cfg) -> tuple[list[dict], list[dict]]:
+    from mlipprobe.probes.fit import pool_features, probe_scores
+
+    probes, cpd = [], []
+    composition, _ = composition_matrix(numbers, structure_index)
+    for entry in sets:
+        atomic = invariant_features(kind, entry.features(kind))
+        pooled, _ = pool_features(atomic, structure_index, cfg.probes.pooling)
+        for name, y in targets.items():
+            row = {"checkpoint": entry.label, "features": kind, "target": name}
+            for probe, hidden in (("linear", None), ("mlp", list(cfg.probes.hidden))):
+                scores = probe_scores(pooled, y, hidden=hidden, n_splits=cfg.probes.cv, seed=cfg.seed, accelerator=cfg.accelerator)
+                row[f"{probe}_r2"] = scores["r2_mean"]
+                row[f"{probe}_mae"] = scores["mae_mean"]
+            probes.append(row)
+            if cfg.cpd.enabled:
+                scores = cpd_scores(pooled, composition, y, probes=tuple(cfg.cpd.probes), cv=cfg.probes.cv, random_state=cfg.seed)
+                cpd.append({"checkpoint": entry.label, "features": kind, "target": name,
+                            **{k: float(v) for k, v in scores.items() if not k.endswith("_std")}})
+    return probes, cpd
+
+
+def cumulant_rows(sets, kind, structure_index, cfg) -> list[dict]:
+    """Progressive GFRE between cumulant descriptors of orders k and k+1, and 1 and K."""
+    order = int(cfg.cumulants.order)
+    rows = []
+    for entry in sets:
+        features = entry.features(kind)
+        descriptors = {k: structure_cumulants(features, structure_index, k) for k in range(1, order + 1)}
+        row = {"checkpoint": entry.label, "features": kind}
+        for k in range(1, order):
+            row[f"{k}->{k + 1}"] = gfre(descriptors[k], descriptors[k + 1])
+        row[f"1->{order}"] = gfre(descriptors[1], descriptors[order])
+        row[f"{order}->1"] = gfre(descriptors[order], descriptors[1])
+        rows.append(row)
+    return rows
+
+
+def pcovr_figure(sets, kind, structure_index, y, target, cfg, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skmatter.decomposition import PCovR
+    from skmatter.preprocessing import StandardFlexibleScaler
+
+    from mlipprobe.probes.fit import pool_features
+
+    figure, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.2), squeeze=False)
+    scaled_y = (y - y.mean()) / (y.std() or 1.0)
+    for axis, entry in zip(axes[0], sets):
+        pooled, _ = pool_features(invariant_features(kind, entry.features(kind)), structure_index, cfg.probes.pooling)
+        scaled = StandardFlexibleScaler(column_wise=False).fit_transform(pooled)
+        projection = PCovR(mixing=cfg.pcovr.mixing, n_components=2).fit(scaled, scaled_y).transform(scaled)
+        points = axis.scatter(projection[:, 0], projection[:, 1], c=y, s=8, cmap="plasma")
+        axis.set_title(entry.label, fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.colorbar(points, ax=axes[0].tolist(), label=target)
+    figure.suptitle(f"PCovR (mixing {cfg.pcovr.mixing}) of {kind} features", fontsize=10)
+    figure.savefig(path, dpi=110, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def probe(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Compare all embedding files of ``cfg.inputs``; write tables, figures, report.md."""
+    report_dir = Path(cfg.paths.output_dir) / "report"
+    with atomic_directory(report_dir) as work:
+        sets = write_report(cfg, work)
+    log.info("Report written to %s", report_dir / "report.md")
+    if cfg.wandb.enabled:
+        reporting.log_folder_to_wandb(report_dir, cfg.wandb.project, cfg.wandb.offline)
+    return {}, {"report": report_dir / "report.md", "sets": sets}
+
+
+def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
+    for folder in ("tables", "figures"):
+        (output_dir / folder).mkdir()
+    paths = find_embedding_files(cfg.inputs)
+    sets = load_embedding_sets(paths)
+    structure_index, numbers = check_same_atoms(sets)
+    rng = np.random.default_rng(cfg.seed)
+    n_atoms = len(structure_index)
+    rows = None if n_atoms <= cfg.max_atoms else np.sort(rng.choice(n_atoms, cfg.max_atoms, replace=False))
+    targets = structure_targets(sets, structure_index, cfg)
+
+    lines = [
+        "# mlipprobe report", "",
+        f"Compared {len(sets)} checkpoints on {n_atoms} atoms of {len(np.unique(structure_index))} structures "
+        f"(dataset `{sets[0].attrs.get('dataset', '?')}`, split `{sets[0].attrs.get('split', '?')}`)"
+        + (f"; reconstruction measures on a random subset of {cfg.max_atoms} atoms." if rows is not None else "."),
+        "",
+        reporting.markdown_table(
+            [{"label": s.label, "role": s.attrs.get("role", ""),
+              "strategy": "" if s.attrs.get("role") == "parent" else s.attrs.get("strategy", ""),
+              "checkpoint": s.attrs.get("checkpoint", ""), "file": str(s.path)} for s in sets]
+        ),
+        "",
+        "Reconstruction errors (GUIDE: Goscinski et al. 2021): entry (row X, column Y) is the error "
+        "of reconstructing Y's features from X's on held-out atoms, after scaling; ~0 means X "
+        "contains everything in Y, ~1 means nothing. GFRE is a global linear (ridge) map, LFRE "
+        "a local one around each atom.",
+        "",
+    ]
+    probe_table, cpd_table, cumulant_table = [], [], []
+    for kind in cfg.features:
+        lines += [f"## `{kind}` features", ""]
+        lines += reconstruction_section(sets, kind, rows, cfg, output_dir)
+        if targets and cfg.probes.enabled:
+            probes, cpd = probe_rows(sets, kind, structure_index, numbers, targets, cfg)
+            probe_table += probes
+            cpd_table += cpd
+        if cfg.cumulants.order > 1:
+            cumulant_table += cumulant_rows(sets, kind, structure_index, cfg)
+        if targets and cfg.pcovr.target in targets:
+            figure = pcovr_figure(sets, kind, structure_index, targets[cfg.pcovr.target], cfg.pcovr.target, cfg,
+                                  output_dir / "figures" / f"pcovr_{kind}.png")
+            lines += [f"![PCovR {kind}](figures/{figure.name})", ""]
+    if probe_table:
+        _write_rows(probe_table, output_dir / "tables" / "probes.csv")
+        lines += ["## Probes", "",
+                  f"Structure-level features ({cfg.probes.pooling} over atoms) -> target; {cfg.probes.cv}-fold "
+                  "cross-validated R2 and MAE (target units) of a linear and an MLP probe.", "",
+                  reporting.markdown_table(probe_table), ""]
+    if cpd_table:
+        _write_rows(cpd_table, output_dir / "tables" / "cpd.csv")
+        lines += ["## Composition projection decomposition", "",
+                  "R2 of probes on the full features, on their composition part and on the geometric "
+                  "residual (composition projected out). Linear (ridge) scores are the primary metric.", "",
+                  reporting.markdown_table(cpd_table), ""]
+    if cumulant_table:
+        _write_rows(cumulant_table, output_dir / "tables" / "cumulants.csv")
+        lines += ["## Cumulant descriptors", "",
+                  "GFRE between structure descriptors built from cumulants of orders 1..k of the atomic "
+                  "features: `k->k+1` measures what order k+1 adds; `K->1` ~0 checks the construction.", "",
+                  reporting.markdown_table(cumulant_table), ""]
+    (output_dir / "report.md").write_text("\n".join(lines))
+    return sets
