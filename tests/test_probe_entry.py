@@ -1,0 +1,111 @@
+"""probe.py on real embedding files: report contents, checks on the inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mlipprobe import load_backbone
+from mlipprobe.comparison import EmbeddingMismatchError
+from mlipprobe.data import AtomsDataModule
+from mlipprobe.embeddings import write_embeddings
+from mlipprobe.probing import probe
+
+ROOT = Path(__file__).resolve().parents[1]
+PARENT = ROOT / "checkpoints" / "demo_mace_parent.pt"
+
+
+@pytest.fixture(scope="module")
+def embedding_folder(tmp_path_factory):
+    """Two checkpoints (the demo parent and a re-initialised copy) embedded on 40 molecules."""
+    folder = tmp_path_factory.mktemp("runs")
+    datamodule = AtomsDataModule(
+        ROOT / "data" / "qm9_demo.extxyz", {"energy": "U0"}, {"fractions": {"train": 0.5, "test": 0.5}},
+        limit=80, eval_batch_size=40,
+    )
+    kwargs = {"accelerator": "cpu", "enable_progress_bar": False}
+    parent = load_backbone(PARENT)
+    write_embeddings(parent, datamodule, folder / "parent" / "embeddings" / "parent.h5", attributes={"role": "parent"}, trainer_kwargs=kwargs)
+    scratch = load_backbone(PARENT)
+    scratch.reset_parameters(seed=1)
+    scratch = load_backbone(scratch.save(folder / "scratch" / "model.pt"))
+    write_embeddings(scratch, datamodule, folder / "scratch" / "embeddings" / "trained.h5", attributes={"strategy": "scratch", "role": "trained"}, trainer_kwargs=kwargs)
+    return folder
+
+
+def compose_probe(tmp_path, overrides=()):
+    import mlipprobe.config  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("probe", overrides=[f"paths.output_dir={tmp_path}", "probes.cv=3", *overrides])
+
+
+def test_report_has_matrices_heatmaps_and_tables(embedding_folder, tmp_path):
+    _, objects = probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "reconstruction.max_epochs=50"]))
+    labels = [s.label for s in objects["sets"]]
+    assert labels == ["demo_mace_parent", "scratch"]
+    for name in ("gfre", "lfre", "nonlinear"):
+        for kind in ("backbone", "last_layer"):
+            matrix = np.array(json.loads((tmp_path / "report" / "tables" / f"{name}_{kind}.json").read_text())["matrix"])
+            assert matrix.shape == (2, 2)
+            assert (tmp_path / "report" / "figures" / f"{name}_{kind}.png").stat().st_size > 1000
+            if name == "gfre":
+                assert np.all(np.diag(matrix) < 1e-6)
+            assert np.all(np.diag(matrix) < matrix[~np.eye(2, dtype=bool)])
+    report = (tmp_path / "report" / "report.md").read_text()
+    for text in ("GFRE", "LFRE", "## Probes", "Composition projection", "Cumulant", "figures/pcovr_backbone.png"):
+        assert text in report
+    assert (tmp_path / "report" / "tables" / "probes.csv").is_file() and (tmp_path / "report" / "tables" / "cpd.csv").is_file()
+
+
+def test_reported_gfre_equals_the_closed_form_on_the_files(embedding_folder, tmp_path):
+    from mlipprobe.analysis import gfre
+
+    probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "reconstruction.lfre=false",
+                                   "reconstruction.nonlinear=false", "probes.enabled=false", "cpd.enabled=false",
+                                   "cumulants.order=1", "features=[backbone]", "pcovr.target=none"]))
+    matrix = json.loads((tmp_path / "report" / "tables" / "gfre_backbone.json").read_text())["matrix"]
+    with h5py.File(embedding_folder / "parent" / "embeddings" / "parent.h5") as a, \
+            h5py.File(embedding_folder / "scratch" / "embeddings" / "trained.h5") as b:
+        x, y = a["features/backbone"][()].astype(float), b["features/backbone"][()].astype(float)
+    assert matrix[0][1] == pytest.approx(gfre(x, y), rel=1e-12)
+
+
+def test_files_describing_other_atoms_are_refused(embedding_folder, tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(embedding_folder / "parent" / "embeddings" / "parent.h5") as source, h5py.File(other, "w") as copy:
+        for name in ("features/backbone", "features/last_layer", "atomic_numbers", "structure_index"):
+            copy[name] = source[name][()]
+        copy["atomic_numbers"][3] = 9
+        copy.attrs["checkpoint_sha256"] = "other"
+    inputs = f"inputs=[{embedding_folder / 'parent' / 'embeddings' / 'parent.h5'},{other}]"
+    with pytest.raises(EmbeddingMismatchError, match=r"differ in atomic_numbers at row 3"):
+        probe(compose_probe(tmp_path / "out", [inputs]))
+
+
+def test_cli_without_inputs_exits_non_zero_with_a_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "probe.py"), f"inputs={tmp_path / 'nothing_here'}/*.h5", f"hydra.run.dir={tmp_path / 'out'}"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "No embedding file matches" in result.stderr + result.stdout
+    assert not (tmp_path / "out" / "report").exists()
+
+
+def test_report_is_logged_to_wandb_offline(embedding_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "wandb.enabled=true", "features=[backbone]",
+                                   "reconstruction.lfre=false", "reconstruction.nonlinear=false",
+                                   "probes.enabled=false", "cpd.enabled=false", "cumulants.order=1"]))
+    runs = list((tmp_path / "report" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
