@@ -21,11 +21,13 @@ test: install
 test-all: install
 	$(PY) -m pytest
 
-# Five strategies from the bundled demo MACE parent on the bundled QM9 demo set.
+# Five strategies from the bundled demo MACE parent on the bundled QM9 demo set, then a probe report.
 demo: install
 	$(PY) train.py -m experiment=demo_scratch,demo_full,demo_head,demo_transfer_full,demo_transfer_head \
 		trainer=cpu hydra.sweep.dir=$(DEMO_DIR)
 	$(PY) -m mlipprobe.reporting $(DEMO_DIR)
+	$(PY) probe.py inputs=$(DEMO_DIR) hydra.run.dir=$(DEMO_DIR)/probe reconstruction.nonlinear=false probes.cv=3
+	@echo "Probe report: $(DEMO_DIR)/probe/report/report.md"
 
 # Recipe of checkpoints/demo_mace_parent.pt (committed, so `make demo` needs no pretraining).
 demo-parent: install

@@ -133,6 +133,35 @@ def cumulant_rows(sets, kind, structure_index, cfg) -> list[dict]:
     return rows
 
 
+def learning_curve_figure(sets, kind, structure_index, y, target, cfg, path: Path) -> tuple[Path, list[dict]]:
+    """Test MAE of the linear probe against the number of training structures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    from mlipprobe.probes.fit import learning_curve, pool_features
+
+    figure, axis = plt.subplots(figsize=(5, 3.6))
+    rows = []
+    for entry in sets:
+        pooled, _ = pool_features(invariant_features(kind, entry.features(kind)), structure_index, cfg.probes.pooling)
+        curve = learning_curve(pooled, y, tuple(cfg.probes.learning_curve), seed=cfg.seed, accelerator=cfg.accelerator)
+        axis.plot([p["n_train"] for p in curve], [p["mae"] for p in curve], marker="o", label=entry.label)
+        rows += [{"checkpoint": entry.label, "features": kind, "target": target, **p} for p in curve]
+    axis.set_xscale("log")
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_xlabel("training structures")
+    axis.set_ylabel(f"test MAE of the linear probe ({target})")
+    axis.set_title(f"Sample efficiency, {kind} features", fontsize=10)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110, format="png")
+    plt.close(figure)
+    return path, rows
+
+
 def pcovr_figure(sets, kind, structure_index, y, target, cfg, path: Path) -> Path:
     import matplotlib
 
@@ -200,7 +229,7 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
         "a local one around each atom.",
         "",
     ]
-    probe_table, cpd_table, cumulant_table = [], [], []
+    probe_table, cpd_table, cumulant_table, curve_table = [], [], [], []
     for kind in cfg.features:
         lines += [f"## `{kind}` features", ""]
         lines += reconstruction_section(sets, kind, rows, cfg, output_dir)
@@ -214,12 +243,20 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
             figure = pcovr_figure(sets, kind, structure_index, targets[cfg.pcovr.target], cfg.pcovr.target, cfg,
                                   output_dir / "figures" / f"pcovr_{kind}.png")
             lines += [f"![PCovR {kind}](figures/{figure.name})", ""]
+        if targets and cfg.probes.enabled and cfg.probes.learning_curve:
+            name = next(iter(targets))
+            figure, rows_ = learning_curve_figure(sets, kind, structure_index, targets[name], name, cfg,
+                                                  output_dir / "figures" / f"learning_curve_{kind}.png")
+            curve_table += rows_
+            lines += [f"![learning curve {kind}](figures/{figure.name})", ""]
     if probe_table:
         _write_rows(probe_table, output_dir / "tables" / "probes.csv")
         lines += ["## Probes", "",
                   f"Structure-level features ({cfg.probes.pooling} over atoms) -> target; {cfg.probes.cv}-fold "
                   "cross-validated R2 and MAE (target units) of a linear and an MLP probe.", "",
                   reporting.markdown_table(probe_table), ""]
+    if curve_table:
+        _write_rows(curve_table, output_dir / "tables" / "learning_curves.csv")
     if cpd_table:
         _write_rows(cpd_table, output_dir / "tables" / "cpd.csv")
         lines += ["## Composition projection decomposition", "",
