@@ -48,7 +48,8 @@ def compose_probe(tmp_path, overrides=()):
 
 
 def test_report_has_matrices_heatmaps_and_tables(embedding_folder, tmp_path):
-    _, objects = probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "reconstruction.max_epochs=50"]))
+    _, objects = probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "reconstruction.max_epochs=50",
+                                                "data.atom_targets=[mulliken]"]))
     labels = [s.label for s in objects["sets"]]
     assert labels == ["demo_mace_parent", "scratch"]
     for name in ("gfre", "lfre", "nonlinear"):
@@ -60,7 +61,8 @@ def test_report_has_matrices_heatmaps_and_tables(embedding_folder, tmp_path):
                 assert np.all(np.diag(matrix) < 1e-6)
             assert np.all(np.diag(matrix) < matrix[~np.eye(2, dtype=bool)])
     report = (tmp_path / "report" / "report.md").read_text()
-    for text in ("GFRE", "LFRE", "## Probes", "Composition projection", "Cumulant", "figures/pcovr_backbone.png"):
+    for text in ("GFRE", "LFRE", "## Probes", "mulliken (per atom)", "Composition projection", "Cumulant",
+                 "figures/pcovr_backbone.png", "figures/learning_curve_last_layer.png"):
         assert text in report
     assert (tmp_path / "report" / "tables" / "probes.csv").is_file() and (tmp_path / "report" / "tables" / "cpd.csv").is_file()
 

@@ -27,9 +27,14 @@ def wandb_offline() -> bool:
     return True
 
 
+def wandb_mode() -> str:
+    return "offline" if wandb_offline() else "online"
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("mlipprobe.precision", precision_of, replace=True)
     OmegaConf.register_new_resolver("mlipprobe.wandb_offline", wandb_offline, replace=True)
+    OmegaConf.register_new_resolver("mlipprobe.wandb_mode", wandb_mode, replace=True)
 
 
 register_resolvers()

@@ -42,19 +42,29 @@ def _write_rows(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def structure_targets(sets: list[EmbeddingSet], structure_index: np.ndarray, cfg: DictConfig) -> dict[str, np.ndarray]:
-    """Per-structure targets (rows in sorted structure order) from the embedded data file."""
+def load_targets(sets: list[EmbeddingSet], structure_index: np.ndarray, cfg: DictConfig):
+    """Targets from the embedded data file: per structure (rows in sorted structure order,
+    from ``atoms.info``) and per atom (rows as in the embedding files, from ``atoms.arrays``)."""
     from mlipprobe.data.readers import KeyMap, read_structures
 
     path = cfg.data.path or sets[0].attrs.get("dataset")
-    if not path or not cfg.data.targets:
-        return {}
-    keys = KeyMap.from_config({"energy": None, "targets": {name: {"key": name} for name in cfg.data.targets}})
-    structures = read_structures(path, keys)
-    order = np.unique(structure_index)
-    if order.max() >= len(structures):
-        raise ValueError(f"The embeddings refer to structure {order.max()} but {path} has {len(structures)}")
-    return {name: np.array([structures[i].info[name][0] for i in order]) for name in cfg.data.targets}
+    if not path or not (cfg.data.targets or cfg.data.atom_targets):
+        return {}, {}
+    targets = {name: {"key": name} for name in cfg.data.targets}
+    targets.update({name: {"key": name, "per_atom": True} for name in cfg.data.atom_targets})
+    structures = read_structures(path, KeyMap.from_config({"energy": None, "targets": targets}))
+    if structure_index.max() >= len(structures):
+        raise ValueError(f"The embeddings refer to structure {structure_index.max()} but {path} has {len(structures)}")
+    _, first_rows = np.unique(structure_index, return_index=True)
+    in_file_order = structure_index[np.sort(first_rows)]
+    per_structure = {name: np.array([structures[i].info[name][0] for i in np.unique(structure_index)])
+                     for name in cfg.data.targets}
+    per_atom = {name: np.concatenate([structures[i].arrays[name][:, 0] for i in in_file_order])
+                for name in cfg.data.atom_targets}
+    for name, values in per_atom.items():
+        if len(values) != len(structure_index):
+            raise ValueError(f"Per-atom target '{name}' of {path} has {len(values)} rows, the embeddings {len(structure_index)}")
+    return per_structure, per_atom
 
 
 def reconstruction_section(sets, kind, rows, cfg, output_dir: Path) -> list[str]:
@@ -93,6 +103,23 @@ def invariant_features(kind: str, features: np.ndarray) -> np.ndarray:
         return features
     width = 2 * int(match.group(1)) + 1
     return np.linalg.norm(features.reshape(len(features), -1, width), axis=-1)
+
+
+def atom_probe_rows(sets, kind, atom_targets, rows, cfg) -> list[dict]:
+    """Linear and MLP probes of per-atom targets from per-atom features."""
+    from mlipprobe.probes.fit import probe_scores
+
+    table = []
+    for entry in sets:
+        atomic = invariant_features(kind, entry.features(kind))
+        for name, y in atom_targets.items():
+            x, t = (atomic, y) if rows is None else (atomic[rows], y[rows])
+            row = {"checkpoint": entry.label, "features": kind, "target": f"{name} (per atom)"}
+            for probe, hidden in (("linear", None), ("mlp", list(cfg.probes.hidden))):
+                scores = probe_scores(x, t, hidden=hidden, n_splits=cfg.probes.cv, seed=cfg.seed, accelerator=cfg.accelerator)
+                row[f"{probe}_r2"], row[f"{probe}_mae"] = scores["r2_mean"], scores["mae_mean"]
+            table.append(row)
+    return table
 
 
 def probe_rows(sets, kind, structure_index, numbers, targets, cfg) -> tuple[list[dict], list[dict]]:
@@ -209,7 +236,7 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
     rng = np.random.default_rng(cfg.seed)
     n_atoms = len(structure_index)
     rows = None if n_atoms <= cfg.max_atoms else np.sort(rng.choice(n_atoms, cfg.max_atoms, replace=False))
-    targets = structure_targets(sets, structure_index, cfg)
+    targets, atom_targets = load_targets(sets, structure_index, cfg)
 
     lines = [
         "# mlipprobe report", "",
@@ -237,6 +264,8 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
             probes, cpd = probe_rows(sets, kind, structure_index, numbers, targets, cfg)
             probe_table += probes
             cpd_table += cpd
+        if atom_targets and cfg.probes.enabled:
+            probe_table += atom_probe_rows(sets, kind, atom_targets, rows, cfg)
         if cfg.cumulants.order > 1:
             cumulant_table += cumulant_rows(sets, kind, structure_index, cfg)
         if targets and cfg.pcovr.target in targets:
@@ -261,7 +290,10 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
         _write_rows(cpd_table, output_dir / "tables" / "cpd.csv")
         lines += ["## Composition projection decomposition", "",
                   "R2 of probes on the full features, on their composition part and on the geometric "
-                  "residual (composition projected out). Linear (ridge) scores are the primary metric.", "",
+                  "residual (composition projected out). Linear (ridge) scores are the primary metric."
+                  + (" **Warning:** gradient-boosted trees (gbt) inflate residual scores even on purely "
+                     "compositional targets; do not read their r2_geom as geometric information."
+                     if "gbt" in cfg.cpd.probes else ""), "",
                   reporting.markdown_table(cpd_table), ""]
     if cumulant_table:
         _write_rows(cumulant_table, output_dir / "tables" / "cumulants.csv")

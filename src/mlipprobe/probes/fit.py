@@ -83,7 +83,7 @@ def _fit(module, x_train, y_train, x_val, y_val, x_test, y_test, max_epochs, bat
 
 def _carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(fraction * n)))
+    n_val = max(2, int(round(fraction * n)))  # R2 needs two samples
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
