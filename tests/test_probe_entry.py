@@ -31,12 +31,15 @@ def embedding_folder(tmp_path_factory):
         limit=80, eval_batch_size=40,
     )
     kwargs = {"accelerator": "cpu", "enable_progress_bar": False}
+    features = ["backbone", "last_layer", "layer0_L1"]
     parent = load_backbone(PARENT)
-    write_embeddings(parent, datamodule, folder / "parent" / "embeddings" / "parent.h5", attributes={"role": "parent"}, trainer_kwargs=kwargs)
+    write_embeddings(parent, datamodule, folder / "parent" / "embeddings" / "parent.h5", features,
+                     attributes={"role": "parent"}, trainer_kwargs=kwargs)
     scratch = load_backbone(PARENT)
     scratch.reset_parameters(seed=1)
     scratch = load_backbone(scratch.save(folder / "scratch" / "model.pt"))
-    write_embeddings(scratch, datamodule, folder / "scratch" / "embeddings" / "trained.h5", attributes={"strategy": "scratch", "role": "trained"}, trainer_kwargs=kwargs)
+    write_embeddings(scratch, datamodule, folder / "scratch" / "embeddings" / "trained.h5", features,
+                     attributes={"strategy": "scratch", "role": "trained"}, trainer_kwargs=kwargs)
     return folder
 
 
@@ -111,3 +114,22 @@ def test_report_is_logged_to_wandb_offline(embedding_folder, tmp_path, monkeypat
                                    "probes.enabled=false", "cpd.enabled=false", "cumulants.order=1"]))
     runs = list((tmp_path / "report" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_vector_target_is_routed_to_l1_features(embedding_folder, tmp_path):
+    import ase.io
+
+    molecules = ase.io.read(ROOT / "data" / "qm9_demo.extxyz", ":80")
+    for atoms in molecules:  # a real equivariant target: the Mulliken-charge dipole
+        atoms.info["charge_dipole"] = atoms.arrays["mulliken"] @ (atoms.positions - atoms.get_center_of_mass())
+    data = tmp_path / "with_dipole.extxyz"
+    ase.io.write(data, molecules)
+    probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", f"data.path={data}", "data.targets=[]",
+                                   "data.vector_targets=[charge_dipole]", "features=[layer0_L1]",
+                                   "reconstruction.lfre=false", "reconstruction.nonlinear=false",
+                                   "cpd.enabled=false", "cumulants.order=1", "probes.learning_curve=[]"]))
+    report = (tmp_path / "report" / "report.md").read_text()
+    rows = [line for line in report.splitlines() if "charge_dipole (vector, equivariant)" in line]
+    assert len(rows) == 2
+    parent_r2 = float(rows[0].split("|")[4])
+    assert parent_r2 > 0.3

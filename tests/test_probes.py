@@ -86,3 +86,23 @@ def test_mismatched_rows_are_named():
         probe_scores(np.zeros((10, 2)), np.zeros(9))
     with pytest.raises(ValueError, match=r"X has shape \(10, 2\), Y has shape \(9, 2\)"):
         reconstruction_error(np.zeros((10, 2)), np.zeros((9, 2)))
+
+
+def test_vector_probe_is_equivariant_and_recovers_a_channel_combination():
+    from scipy.spatial.transform import Rotation
+
+    from mlipprobe.probes import vector_probe_scores
+
+    rng = np.random.default_rng(6)
+    n_structures, atoms_each, mul = 200, 6, 4
+    index = np.repeat(np.arange(n_structures), atoms_each)
+    vectors = rng.normal(size=(len(index), mul, 3))
+    weights = np.array([1.5, -0.5, 0.0, 2.0])
+    target = np.einsum("c,sack->sk", weights, vectors.reshape(n_structures, atoms_each, mul, 3))
+    scores = vector_probe_scores(vectors.reshape(len(index), -1), index, target, n_splits=3)
+    assert scores["r2_mean"] > 0.999
+    rotation = Rotation.from_euler("xyz", [0.4, -1.0, 2.0]).as_matrix()
+    rotated = vector_probe_scores((vectors @ rotation.T).reshape(len(index), -1), index, target @ rotation.T, n_splits=3)
+    assert rotated["r2_mean"] == pytest.approx(scores["r2_mean"], abs=1e-9)
+    with pytest.raises(ValueError, match=r"mul \* 3"):
+        vector_probe_scores(np.zeros((12, 4)), index[:12], np.zeros((2, 3)))

@@ -44,14 +44,16 @@ def _write_rows(rows: list[dict], path: Path) -> Path:
 
 def load_targets(sets: list[EmbeddingSet], structure_index: np.ndarray, cfg: DictConfig):
     """Targets from the embedded data file: per structure (rows in sorted structure order,
-    from ``atoms.info``) and per atom (rows as in the embedding files, from ``atoms.arrays``)."""
+    from ``atoms.info``), per atom (rows as in the embedding files, from ``atoms.arrays``)
+    and per-structure 3-vectors (``atoms.info``, probed equivariantly from L=1 features)."""
     from mlipprobe.data.readers import KeyMap, read_structures
 
     path = cfg.data.path or sets[0].attrs.get("dataset")
-    if not path or not (cfg.data.targets or cfg.data.atom_targets):
-        return {}, {}
+    if not path or not (cfg.data.targets or cfg.data.atom_targets or cfg.data.vector_targets):
+        return {}, {}, {}
     targets = {name: {"key": name} for name in cfg.data.targets}
     targets.update({name: {"key": name, "per_atom": True} for name in cfg.data.atom_targets})
+    targets.update({name: {"key": name, "vector": True} for name in cfg.data.vector_targets})
     structures = read_structures(path, KeyMap.from_config({"energy": None, "targets": targets}))
     if structure_index.max() >= len(structures):
         raise ValueError(f"The embeddings refer to structure {structure_index.max()} but {path} has {len(structures)}")
@@ -64,7 +66,9 @@ def load_targets(sets: list[EmbeddingSet], structure_index: np.ndarray, cfg: Dic
     for name, values in per_atom.items():
         if len(values) != len(structure_index):
             raise ValueError(f"Per-atom target '{name}' of {path} has {len(values)} rows, the embeddings {len(structure_index)}")
-    return per_structure, per_atom
+    vectors = {name: np.stack([structures[i].info[name] for i in np.unique(structure_index)])
+               for name in cfg.data.vector_targets}
+    return per_structure, per_atom, vectors
 
 
 def reconstruction_section(sets, kind, rows, cfg, output_dir: Path) -> list[str]:
@@ -119,6 +123,19 @@ def atom_probe_rows(sets, kind, atom_targets, rows, cfg) -> list[dict]:
                 scores = probe_scores(x, t, hidden=hidden, n_splits=cfg.probes.cv, seed=cfg.seed, accelerator=cfg.accelerator)
                 row[f"{probe}_r2"], row[f"{probe}_mae"] = scores["r2_mean"], scores["mae_mean"]
             table.append(row)
+    return table
+
+
+def vector_probe_rows(sets, kind, structure_index, vector_targets, cfg) -> list[dict]:
+    """Per-irrep routing: vector targets from L=1 features with an equivariant linear probe."""
+    from mlipprobe.probes.fit import vector_probe_scores
+
+    table = []
+    for entry in sets:
+        for name, Y in vector_targets.items():
+            scores = vector_probe_scores(entry.features(kind), structure_index, Y, n_splits=cfg.probes.cv, seed=cfg.seed)
+            table.append({"checkpoint": entry.label, "features": kind, "target": f"{name} (vector, equivariant)",
+                          "linear_r2": scores["r2_mean"], "linear_mae": scores["mae_mean"]})
     return table
 
 
@@ -236,7 +253,7 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
     rng = np.random.default_rng(cfg.seed)
     n_atoms = len(structure_index)
     rows = None if n_atoms <= cfg.max_atoms else np.sort(rng.choice(n_atoms, cfg.max_atoms, replace=False))
-    targets, atom_targets = load_targets(sets, structure_index, cfg)
+    targets, atom_targets, vector_targets = load_targets(sets, structure_index, cfg)
 
     lines = [
         "# mlipprobe report", "",
@@ -266,6 +283,8 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
             cpd_table += cpd
         if atom_targets and cfg.probes.enabled:
             probe_table += atom_probe_rows(sets, kind, atom_targets, rows, cfg)
+        if vector_targets and cfg.probes.enabled and re.fullmatch(r"layer\d+_L1", kind):
+            probe_table += vector_probe_rows(sets, kind, structure_index, vector_targets, cfg)
         if cfg.cumulants.order > 1:
             cumulant_table += cumulant_rows(sets, kind, structure_index, cfg)
         if targets and cfg.pcovr.target in targets:

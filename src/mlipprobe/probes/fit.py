@@ -170,3 +170,36 @@ def learning_curve(
         scores = _probe_once(X[rows], y[rows], X[test], y[test], hidden, seed, max_epochs, accelerator)
         curve.append({"n_train": len(rows), **scores})
     return curve
+
+
+def vector_probe_scores(vectors, structure_index, Y, *, n_splits: int = 5, seed: int = 0) -> dict[str, float]:
+    r"""Equivariant linear probe of a per-structure vector target from L=1 features.
+
+    .. math::  \hat{\mathbf{y}}_s = \sum_c w_c \sum_{i \in s} \mathbf{v}_{ic}
+
+    One weight per channel, shared by the three components and without intercept, so the
+    prediction rotates with the structure. Ridge (``RidgeCV``) on the component rows, with
+    k-fold cross-validation over structures. ``vectors``: (n_atoms, mul * 3) in e3nn
+    layout (a ``layer{i}_L1`` slice); ``Y``: (n_structures, 3), rows in sorted structure
+    order. Returns the mean/std of R2 (over all components) and of the component MAE.
+    """
+    from sklearn.linear_model import RidgeCV
+
+    vectors = np.asarray(vectors, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if vectors.ndim != 2 or vectors.shape[1] % 3:
+        raise ValueError(f"L=1 features must have shape (n_atoms, mul * 3), got {vectors.shape}")
+    summed, _ = pool_features(vectors, structure_index, "sum")
+    channels = summed.reshape(len(summed), -1, 3)  # (n_structures, mul, 3)
+    if Y.shape != (len(channels), 3):
+        raise ValueError(f"Vector target has shape {Y.shape}, expected ({len(channels)}, 3)")
+    r2, mae = [], []
+    for train, test in KFold(n_splits, shuffle=True, random_state=seed).split(channels):
+        rows = lambda s: channels[s].transpose(0, 2, 1).reshape(-1, channels.shape[1])  # noqa: E731
+        model = RidgeCV(alphas=np.logspace(-6, 3, 19), fit_intercept=False).fit(rows(train), Y[train].reshape(-1))
+        predicted = model.predict(rows(test))
+        truth = Y[test].reshape(-1)
+        r2.append(1 - ((truth - predicted) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
+        mae.append(np.abs(truth - predicted).mean())
+    return {"r2_mean": float(np.mean(r2)), "r2_std": float(np.std(r2)),
+            "mae_mean": float(np.mean(mae)), "mae_std": float(np.std(mae))}
