@@ -109,20 +109,34 @@ def invariant_features(kind: str, features: np.ndarray) -> np.ndarray:
     return np.linalg.norm(features.reshape(len(features), -1, width), axis=-1)
 
 
-def atom_probe_rows(sets, kind, atom_targets, rows, cfg) -> list[dict]:
-    """Linear and MLP probes of per-atom targets from per-atom features."""
+def structure_features(entry: EmbeddingSet, kind: str, structure_index: np.ndarray, cfg: DictConfig) -> np.ndarray:
+    """Invariant per-atom features pooled per structure (``cfg.probes.pooling``)."""
+    from mlipprobe.probes.fit import pool_features
+
+    pooled, _ = pool_features(invariant_features(kind, entry.features(kind)), structure_index, cfg.probes.pooling)
+    return pooled
+
+
+def linear_and_mlp_scores(x: np.ndarray, y: np.ndarray, cfg: DictConfig) -> dict[str, float]:
+    """Cross-validated R2 and MAE of the linear and the MLP probe."""
     from mlipprobe.probes.fit import probe_scores
 
+    row = {}
+    for probe, hidden in (("linear", None), ("mlp", list(cfg.probes.hidden))):
+        scores = probe_scores(x, y, hidden=hidden, n_splits=cfg.probes.cv, seed=cfg.seed, accelerator=cfg.accelerator)
+        row[f"{probe}_r2"], row[f"{probe}_mae"] = scores["r2_mean"], scores["mae_mean"]
+    return row
+
+
+def atom_probe_rows(sets, kind, atom_targets, rows, cfg) -> list[dict]:
+    """Linear and MLP probes of per-atom targets from per-atom features."""
     table = []
     for entry in sets:
         atomic = invariant_features(kind, entry.features(kind))
         for name, y in atom_targets.items():
             x, t = (atomic, y) if rows is None else (atomic[rows], y[rows])
-            row = {"checkpoint": entry.label, "features": kind, "target": f"{name} (per atom)"}
-            for probe, hidden in (("linear", None), ("mlp", list(cfg.probes.hidden))):
-                scores = probe_scores(x, t, hidden=hidden, n_splits=cfg.probes.cv, seed=cfg.seed, accelerator=cfg.accelerator)
-                row[f"{probe}_r2"], row[f"{probe}_mae"] = scores["r2_mean"], scores["mae_mean"]
-            table.append(row)
+            table.append({"checkpoint": entry.label, "features": kind, "target": f"{name} (per atom)",
+                          **linear_and_mlp_scores(x, t, cfg)})
     return table
 
 
@@ -140,20 +154,13 @@ def vector_probe_rows(sets, kind, structure_index, vector_targets, cfg) -> list[
 
 
 def probe_rows(sets, kind, structure_index, numbers, targets, cfg) -> tuple[list[dict], list[dict]]:
-    from mlipprobe.probes.fit import pool_features, probe_scores
-
     probes, cpd = [], []
     composition, _ = composition_matrix(numbers, structure_index)
     for entry in sets:
-        atomic = invariant_features(kind, entry.features(kind))
-        pooled, _ = pool_features(atomic, structure_index, cfg.probes.pooling)
+        pooled = structure_features(entry, kind, structure_index, cfg)
         for name, y in targets.items():
-            row = {"checkpoint": entry.label, "features": kind, "target": name}
-            for probe, hidden in (("linear", None), ("mlp", list(cfg.probes.hidden))):
-                scores = probe_scores(pooled, y, hidden=hidden, n_splits=cfg.probes.cv, seed=cfg.seed, accelerator=cfg.accelerator)
-                row[f"{probe}_r2"] = scores["r2_mean"]
-                row[f"{probe}_mae"] = scores["mae_mean"]
-            probes.append(row)
+            probes.append({"checkpoint": entry.label, "features": kind, "target": name,
+                           **linear_and_mlp_scores(pooled, y, cfg)})
             if cfg.cpd.enabled:
                 scores = cpd_scores(pooled, composition, y, probes=tuple(cfg.cpd.probes), cv=cfg.probes.cv, random_state=cfg.seed)
                 cpd.append({"checkpoint": entry.label, "features": kind, "target": name,
@@ -185,12 +192,12 @@ def learning_curve_figure(sets, kind, structure_index, y, target, cfg, path: Pat
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from mlipprobe.probes.fit import learning_curve, pool_features
+    from mlipprobe.probes.fit import learning_curve
 
     figure, axis = plt.subplots(figsize=(5, 3.6))
     rows = []
     for entry in sets:
-        pooled, _ = pool_features(invariant_features(kind, entry.features(kind)), structure_index, cfg.probes.pooling)
+        pooled = structure_features(entry, kind, structure_index, cfg)
         curve = learning_curve(pooled, y, tuple(cfg.probes.learning_curve), seed=cfg.seed, accelerator=cfg.accelerator)
         axis.plot([p["n_train"] for p in curve], [p["mae"] for p in curve], marker="o", label=entry.label)
         rows += [{"checkpoint": entry.label, "features": kind, "target": target, **p} for p in curve]
@@ -214,12 +221,10 @@ def pcovr_figure(sets, kind, structure_index, y, target, cfg, path: Path) -> Pat
     from skmatter.decomposition import PCovR
     from skmatter.preprocessing import StandardFlexibleScaler
 
-    from mlipprobe.probes.fit import pool_features
-
     figure, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.2), squeeze=False)
     scaled_y = (y - y.mean()) / (y.std() or 1.0)
     for axis, entry in zip(axes[0], sets):
-        pooled, _ = pool_features(invariant_features(kind, entry.features(kind)), structure_index, cfg.probes.pooling)
+        pooled = structure_features(entry, kind, structure_index, cfg)
         scaled = StandardFlexibleScaler(column_wise=False).fit_transform(pooled)
         projection = PCovR(mixing=cfg.pcovr.mixing, n_components=2).fit(scaled, scaled_y).transform(scaled)
         points = axis.scatter(projection[:, 0], projection[:, 1], c=y, s=8, cmap="plasma")
