@@ -69,8 +69,10 @@ def matrix_table(matrix: np.ndarray, labels: Sequence[str]) -> str:
 
 
 # --- figures ------------------------------------------------------------------------------
-def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, path: str | Path) -> Path:
-    """Annotated heatmap: row = source features X, column = reconstructed features Y."""
+def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, path: str | Path, *,
+            axis_labels: tuple[str, str] = ("source X", "reconstructed Y")) -> Path:
+    """Annotated heatmap: row = source features X, column = reconstructed features Y
+    (``axis_labels`` = (rows, columns) for other pair measures)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,8 +83,8 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, path: str | P
     image = axes.imshow(matrix, cmap="viridis_r", vmin=0, vmax=max(1e-9, float(np.nanmax(matrix))))
     axes.set_xticks(range(n), labels, rotation=35, ha="right")
     axes.set_yticks(range(n), labels)
-    axes.set_xlabel("reconstructed Y")
-    axes.set_ylabel("source X")
+    axes.set_xlabel(axis_labels[1])
+    axes.set_ylabel(axis_labels[0])
     axes.set_title(title)
     threshold = 0.5 * float(np.nanmax(matrix))
     for i in range(n):
