@@ -1,7 +1,8 @@
 """Training strategies: which parameter groups train, and whether new heads are added.
 
-A backbone splits its parameters into ``backbone``, ``heads`` (pretrained readouts) and
-``new_heads`` (heads added for new targets). A strategy names the groups that train:
+A backbone splits its parameters into ``backbone``, ``heads`` (pretrained readouts),
+``new_heads`` (heads added for new targets) and ``lora`` (low-rank adapters, present only
+when the strategy sets ``lora_rank``). A strategy names the groups that train:
 
 =============== ================================ ========== ============
 strategy        trains                            new heads  re-init
@@ -11,10 +12,13 @@ full            backbone + existing heads         no         no
 head            existing heads                    no         no
 transfer_full   backbone + new heads              yes        no
 transfer_head   new heads                         yes        no
+lora            low-rank adapters of the linears  no         no
 =============== ================================ ========== ============
 
 Frozen parameters get ``requires_grad=False`` before the optimizer is built and are left
-out of it, so they stay bit-identical.
+out of it, so they stay bit-identical. Under ``lora`` the adapters are merged into the
+weights before the model is saved (``Backbone.merge_lora``), so every checkpoint is a
+plain model of the parent's architecture.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from mlipprobe.backbones.base import PARAMETER_GROUPS, Backbone, HeadSpec
+from mlipprobe.backbones.base import PARAMETER_GROUPS, Backbone, HeadSpec, check_lora_settings
 
 
 class StrategyError(ValueError):
@@ -36,13 +40,18 @@ class Strategy:
     Parameters
     ----------
     name : str
-    trainable : sequence of {"backbone", "heads", "new_heads"}
+    trainable : sequence of {"backbone", "heads", "new_heads", "lora"}
     new_heads : bool
         Add a freshly initialised head for each non-energy target.
     reinitialize : bool
         Re-initialise every weight first (``scratch``).
     lr_multipliers : mapping
         ``{group: factor}``; a group's learning rate is ``lr * factor`` (default 1).
+    lora_rank : int, optional
+        Add low-rank adapters of this rank (``Backbone.add_lora``) before freezing; needs
+        ``"lora"`` in ``trainable``. None: no adapters.
+    lora_alpha : float
+        Adapter scale: the update is ``(lora_alpha / lora_rank) B A``.
     """
 
     name: str
@@ -50,6 +59,8 @@ class Strategy:
     new_heads: bool = False
     reinitialize: bool = False
     lr_multipliers: Mapping[str, float] = field(default_factory=dict)
+    lora_rank: int | None = None
+    lora_alpha: float = 8.0
 
     def __post_init__(self) -> None:
         unknown = set(self.trainable) | set(self.lr_multipliers)
@@ -59,9 +70,20 @@ class Strategy:
                 f"Strategy '{self.name}': unknown parameter group(s) {sorted(unknown)}; "
                 f"groups are {list(PARAMETER_GROUPS)}"
             )
+        if self.lora_rank is not None:
+            try:
+                check_lora_settings(self.lora_rank, self.lora_alpha)
+            except ValueError as error:
+                raise StrategyError(f"Strategy '{self.name}': {error}") from None
+        if ("lora" in self.trainable) != (self.lora_rank is not None):
+            raise StrategyError(
+                f"Strategy '{self.name}': the 'lora' group trains only adapters added with "
+                f"lora_rank (got trainable={list(self.trainable)}, lora_rank={self.lora_rank}); "
+                "set both or neither"
+            )
 
     def prepare(self, backbone: Backbone, heads: Sequence[HeadSpec], seed: int | None = None) -> None:
-        """Add heads, re-initialise and freeze ``backbone`` in place."""
+        """Add heads, re-initialise, add LoRA adapters and freeze ``backbone`` in place."""
         if heads and not self.new_heads:
             names = [spec.name for spec in heads]
             raise StrategyError(
@@ -73,6 +95,8 @@ class Strategy:
             backbone.add_head(spec)
         if self.reinitialize:
             backbone.reset_parameters(seed)
+        if self.lora_rank is not None:
+            backbone.add_lora(self.lora_rank, self.lora_alpha)
         for group, parameters in backbone.parameter_groups().items():
             for _, parameter in parameters:
                 parameter.requires_grad_(group in self.trainable)

@@ -111,6 +111,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "dataset_sha256": datamodule.sha256,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    if strategy.lora_rank is not None:
+        backbone.merge_lora()  # every checkpoint and export is a plain model
     checkpoint = backbone.save(output_dir / "checkpoints" / "model.pt", metadata=metadata)
     outputs["checkpoint"] = checkpoint
     if backbone.export_suffix:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 FEATURE_KINDS = ("backbone", "last_layer")
-PARAMETER_GROUPS = ("backbone", "heads", "new_heads")
+PARAMETER_GROUPS = ("backbone", "heads", "new_heads", "lora")
 
 
 class CheckpointError(ValueError):
@@ -26,6 +26,14 @@ class CheckpointError(ValueError):
 
 class UntrustedCheckpointError(CheckpointError):
     """Loading this checkpoint would run code stored in the file; the user must opt in."""
+
+
+def check_lora_settings(rank, alpha) -> None:
+    """Raise ``ValueError`` unless ``rank`` is a positive integer and ``alpha`` a positive number."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r} (strategy.lora_rank)")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not alpha > 0:
+        raise ValueError(f"LoRA alpha must be a positive number, got {alpha!r} (strategy.lora_alpha)")
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,8 @@ class Backbone(nn.Module):
 
     Subclasses implement ``atoms_to_graph``, ``collate_graphs``, ``forward``,
     ``parameter_groups``, ``add_head``, ``reset_parameters`` and ``save``; the base class
-    supplies batching, element checks and ``embed``.
+    supplies batching, element checks and ``embed``. ``add_lora``/``merge_lora`` are
+    optional (strategy ``lora``).
 
     Attributes
     ----------
@@ -135,8 +144,9 @@ class Backbone(nn.Module):
         return list(FEATURE_KINDS)
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Named parameters split into ``backbone``, ``heads`` (pretrained readouts) and
-        ``new_heads`` (heads added for new targets). Every parameter is in exactly one."""
+        """Named parameters split into ``backbone``, ``heads`` (pretrained readouts),
+        ``new_heads`` (heads added for new targets) and ``lora`` (adapters added by
+        ``add_lora``). Every parameter is in exactly one."""
         raise NotImplementedError
 
     def add_head(self, spec: HeadSpec) -> None:
@@ -146,6 +156,35 @@ class Backbone(nn.Module):
     def reset_parameters(self, seed: int | None = None) -> None:
         """Re-initialise every weight (same architecture, random init: ``scratch``)."""
         raise NotImplementedError
+
+    def add_lora(self, rank: int, alpha: float) -> None:
+        r"""Inject low-rank adapters (LoRA, Hu et al. 2021) into the model's linear layers.
+
+        .. math::
+
+            y = W x \quad\longrightarrow\quad y = W x + \frac{\alpha}{r} B A x,
+            \qquad A \in \mathbb{R}^{r \times d_{in}},\ B \in \mathbb{R}^{d_{out} \times r}
+
+        with ``B = 0`` at the start, so predictions are unchanged until training moves it.
+        Equivariant layers get equivariant adapters. The adapter parameters are reported by
+        ``parameter_groups()`` under ``"lora"``; whether anything is frozen is the
+        strategy's business, not this method's.
+
+        Parameters
+        ----------
+        rank : int
+            r >= 1, the width of the bottleneck (per irrep for equivariant layers).
+        alpha : float
+            Scale of the update; the adapter output is multiplied by ``alpha / rank``.
+        """
+        raise NotImplementedError(f"The {self.kind} backbone does not support LoRA adapters (strategy=lora)")
+
+    def merge_lora(self) -> None:
+        r"""Fold the adapters into the base weights, :math:`W \leftarrow W + (\alpha/r) B A`,
+        and remove them: a plain model (the architecture ``save``/``export`` know) whose
+        predictions equal the adapted model's to floating-point rounding. Without adapters
+        it does nothing."""
+        raise NotImplementedError(f"The {self.kind} backbone does not support LoRA adapters (strategy=lora)")
 
     # --- files ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

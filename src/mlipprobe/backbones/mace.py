@@ -28,6 +28,7 @@ from mlipprobe.backbones.base import (
     BackboneOutput,
     CheckpointError,
     HeadSpec,
+    check_lora_settings,
 )
 from mlipprobe.io import atomic_torch_save
 
@@ -53,7 +54,7 @@ def import_mace():
         import mace.data
         import mace.modules
         import mace.tools
-        from mace.modules import blocks
+        from mace.modules import blocks, lora
         from mace.tools import torch_geometric, torch_tools
         from mace.tools.scripts_utils import extract_config_mace_model
     except ImportError as error:  # pragma: no cover - dependency is required
@@ -70,6 +71,7 @@ def import_mace():
         data=mace.data,
         modules=mace.modules,
         blocks=blocks,
+        lora=lora,
         tools=mace.tools,
         torch_geometric=torch_geometric,
         torch_tools=torch_tools,
@@ -360,9 +362,11 @@ class MaceBackbone(Backbone):
             yield hidden[:, self.head_index * width : (self.head_index + 1) * width]
 
     def parameter_groups(self):
-        groups = {"backbone": [], "heads": [], "new_heads": []}
+        groups = {"backbone": [], "heads": [], "new_heads": [], "lora": []}
         for name, parameter in self.named_parameters():
-            if name.startswith("model.readouts."):
+            if _LORA_PARTS & set(name.split(".")):
+                groups["lora"].append((name, parameter))
+            elif name.startswith("model.readouts."):
                 groups["heads"].append((name, parameter))
             elif name.startswith("new_heads."):
                 groups["new_heads"].append((name, parameter))
@@ -388,6 +392,44 @@ class MaceBackbone(Backbone):
                 del self.new_heads[name], self.head_specs[name]
                 self.add_head(spec)
 
+    def add_lora(self, rank: int, alpha: float) -> None:
+        """mace's own adapters (``mace.modules.lora``, as ``mace_run_train --lora``) on
+        every linear layer of the MACE model: node embedding, interactions (including the
+        radial MLPs), products and readouts; heads added for new targets get none.
+
+        An e3nn ``o3.Linear`` gets an equivariant bottleneck, ``A: irreps_in -> rank x
+        (each irrep shared by input and output) -> B: irreps_out``, so the update stays
+        O(3)-equivariant; dense layers get a plain rank-``rank`` pair. ``B = 0`` and
+        ``A ~ N(0, 1e-3^2)`` at the start (mace's initialisation). ``requires_grad`` of the
+        existing parameters is left as it was.
+        """
+        check_lora_settings(rank, alpha)
+        if self.lora_layers():
+            raise CheckpointError("This MACE model already has LoRA adapters: merge_lora() first")
+        requires_grad = {id(p): p.requires_grad for p in self.model.parameters()}
+        import_mace()["lora"].inject_lora(self.model, rank=rank, alpha=alpha)
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(requires_grad.get(id(parameter), True))
+        for layer in self.lora_layers():
+            layer.register_forward_pre_hook(_drop_cached_merged_weight)
+
+    def merge_lora(self) -> None:
+        """mace's ``merge_lora_weights``: each adapted layer is replaced by its base layer with
+        ``W + (alpha/rank) B A`` (per irrep path for ``o3.Linear``) folded in, so the module
+        tree and parameter names are the plain MACE model's again."""
+        if not self.lora_layers():
+            return
+        requires_grad = {id(p): p.requires_grad for p in self.model.parameters()}
+        import_mace()["lora"].merge_lora_weights(self.model)
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(requires_grad[id(parameter)])
+
+    def lora_layers(self) -> list[nn.Module]:
+        """The adapted layers (mace's ``LoRAO3Linear``, ``LoRADenseLinear``, ``LoRAFCLayer``)."""
+        lora = import_mace()["lora"]
+        wrappers = (lora.LoRAO3Linear, lora.LoRADenseLinear, lora.LoRAFCLayer)
+        return [module for module in self.model.modules() if isinstance(module, wrappers)]
+
     # --- files -------------------------------------------------------------------------
     def save(self, path, metadata: dict | None = None) -> Path:
         payload = {
@@ -409,6 +451,20 @@ class MaceBackbone(Backbone):
 
         model = copy.deepcopy(self.model).cpu()
         return atomic_torch_save(model, path)
+
+
+_LORA_PARTS = {"lora_A", "lora_B"}
+
+
+def _drop_cached_merged_weight(layer: nn.Module, inputs) -> None:
+    """Forward pre-hook on mace's adapters. Without gradients they reuse ``W + s B A``
+    cached by their first such call and drop it only on a call with gradients, so a
+    no-grad forward after an optimizer step or a ``load_state_dict`` (validation of an
+    energy-only model, testing the best checkpoint, EMA weight swaps) would use stale
+    weights. Dropping the cache before every call keeps them exact (a few small matmuls)."""
+    for cache in ("_cached_merged_weight", "_cached_delta"):
+        if hasattr(layer, cache):
+            setattr(layer, cache, None)
 
 
 @contextlib.contextmanager
