@@ -1,5 +1,20 @@
-"""Closed-form analyses of per-atom features: reconstruction errors, cumulants, CPD."""
+"""Closed-form analyses of per-atom features: reconstruction errors, cumulants, CPD, common space."""
 
+from mlipprobe.analysis.common_space import (
+    anchor_project,
+    atypicality,
+    direct_anchors,
+    element_centroids,
+    environment_difference,
+    knn,
+    knn_overlap,
+    linear_cka,
+    mutual_knn,
+    nearest_atoms,
+    ot_cost,
+    procrustes_error,
+    structure_atypicality,
+)
 from mlipprobe.analysis.cpd import PROBES, composition_matrix, composition_residual, cpd_scores, make_probe
 from mlipprobe.analysis.cumulants import (
     cumulant_block,
@@ -22,18 +37,31 @@ __all__ = [
     "DEFAULT_ALPHAS",
     "DEFAULT_RANDOM_STATE",
     "PROBES",
+    "anchor_project",
+    "atypicality",
     "composition_matrix",
     "composition_residual",
     "cpd_scores",
     "cumulant_block",
     "cumulant_blocks",
     "cumulants_from_central_moments",
+    "direct_anchors",
+    "element_centroids",
+    "environment_difference",
     "gfre",
+    "knn",
+    "knn_overlap",
     "lfre",
+    "linear_cka",
     "make_probe",
+    "mutual_knn",
+    "nearest_atoms",
+    "ot_cost",
     "pointwise_gfre",
     "pointwise_lfre",
+    "procrustes_error",
     "reconstruction_split",
     "signed_root",
+    "structure_atypicality",
     "structure_cumulants",
 ]
