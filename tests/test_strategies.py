@@ -125,7 +125,7 @@ def test_learning_rate_multipliers_per_group(parent):
 def test_forces_and_stress_are_trained_and_validated(parent, emt_file):
     datamodule = datamodule_for(emt_file, ENERGY_KEYS)
     _, trainer = fit(copy.deepcopy(parent), STRATEGIES["full"], datamodule, epochs=1)
-    for key in ("val/energy_per_atom_mae", "val/forces_rmse", "val/stress_mae", "train/loss"):
+    for key in ("val/energy_per_atom_mae", "val/forces_rmse", "val/stress_mae", "train/loss", "train/forces_mae"):
         assert np.isfinite(float(trainer.callback_metrics[key])), key
 
 

@@ -155,10 +155,7 @@ class PotentialModule(L.LightningModule):
             predicted = predicted.reshape(label.shape)
             terms[quantity] = weight * torch.mean((predicted - label) ** 2)
             for kind in ("mae", "rmse"):
-                metric = self.metrics[f"{split}__{quantity}__{kind}"]
-                metric(predicted.detach(), label)
-                self.log(f"{split}/{quantity}_{kind}", metric, on_epoch=True, on_step=False,
-                         batch_size=batch.num_structures)
+                self.metrics[f"{split}__{quantity}__{kind}"].update(predicted.detach(), label)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
@@ -169,6 +166,25 @@ class PotentialModule(L.LightningModule):
         self.log(f"{split}/loss", loss, on_epoch=True, on_step=split == "train",
                  prog_bar=True, batch_size=batch.num_structures)
         return loss
+
+    def _log_epoch_metrics(self, split: str) -> None:
+        """Log the split's MAE/RMSE over the epoch and reset them. Metrics are only updated
+        in the steps: ``self.log(metric)`` on every step costs Lightning a device move of
+        the metric per call, a few percent of a small model's training step."""
+        for key, metric in self.metrics.items():
+            name, quantity, kind = key.split("__")
+            if name == split and metric.update_called:
+                self.log(f"{split}/{quantity}_{kind}", metric.compute())
+                metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
