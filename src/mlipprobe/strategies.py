@@ -52,6 +52,9 @@ class Strategy:
         ``"lora"`` in ``trainable``. None: no adapters.
     lora_alpha : float
         Adapter scale: the update is ``(lora_alpha / lora_rank) B A``.
+    head_init : {"fresh", "energy"}
+        New heads start from random weights, or as copies of the energy head (metatrain's
+        ``inherit_heads``; scalar targets only).
     """
 
     name: str
@@ -61,6 +64,7 @@ class Strategy:
     lr_multipliers: Mapping[str, float] = field(default_factory=dict)
     lora_rank: int | None = None
     lora_alpha: float = 8.0
+    head_init: str = "fresh"
 
     def __post_init__(self) -> None:
         unknown = set(self.trainable) | set(self.lr_multipliers)
@@ -92,7 +96,7 @@ class Strategy:
                 "scratch, or drop data.keys.targets"
             )
         for spec in heads:
-            backbone.add_head(spec)
+            backbone.add_head(spec, init=self.head_init)
         if self.reinitialize:
             backbone.reset_parameters(seed)
         if self.lora_rank is not None:

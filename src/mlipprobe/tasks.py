@@ -58,7 +58,7 @@ def _embed(backbone, datamodule, cfg: DictConfig, path: Path, role: str) -> Path
     trainer_kwargs = {
         "accelerator": cfg.trainer.get("accelerator", "auto"),
         "devices": 1,
-        "inference_mode": True,
+        "inference_mode": False,  # no_grad: tensors it makes (cached graphs, PET scales) stay usable in training
         "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True),
     }
     write_embeddings(backbone, datamodule, path, list(cfg.embed.features), attributes, trainer_kwargs)

@@ -4,9 +4,12 @@
 
 - mlipprobe checkpoints (``*.pt`` written by ``train.py``): weights and JSON
   hyperparameters only, loaded with ``torch.load(weights_only=True)``; always safe.
-- MACE ``.model`` files (mace-torch): a whole pickled ``torch.nn.Module``. Unpickling runs
-  code stored in the file, so they are refused unless ``trusted=True`` (Hydra:
-  ``backbone.trusted=true``). Only pass files you made or got from a source you trust.
+- MACE ``.model`` files (mace-torch) and metatrain ``.ckpt`` checkpoints (``mtt train``,
+  PET-MAD): whole pickled objects. Unpickling runs code stored in the file, so they are
+  refused unless ``trusted=True`` (Hydra: ``backbone.trusted=true``). Only pass files you
+  made or got from a source you trust.
+- exported metatomic models (TorchScript ``.pt``, ``mtt export``): PET features only, they
+  cannot be trained.
 """
 
 from __future__ import annotations
@@ -49,17 +52,25 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 def _read_payload(path: Path):
     """``torch.load`` with ``weights_only=True``; ``None`` if the file holds pickled code."""
+    if _is_torchscript(path):  # torch.load would hand it to torch.jit.load
+        return _TORCHSCRIPT
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         return None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        if zipfile.is_zipfile(path) and "constants.pkl" in zipfile.ZipFile(path).namelist():
-            raise CheckpointError(
-                f"{path} is a TorchScript (exported) model; mlipprobe loads MACE .model files "
-                "and its own .pt checkpoints"
-            ) from error
+        if "Tried to deserialize class" in str(error):  # metatomic classes in a pickle
+            return None
         raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint: {error}") from error
+
+
+_TORCHSCRIPT = object()
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    return any(name.endswith("constants.pkl") for name in zipfile.ZipFile(path).namelist())
 
 
 def load_backbone(
@@ -73,9 +84,11 @@ def load_backbone(
     Parameters
     ----------
     path : str or Path
-        An mlipprobe ``.pt`` checkpoint or a mace-torch ``.model`` file.
+        An mlipprobe ``.pt`` checkpoint, a mace-torch ``.model`` file, a metatrain
+        ``.ckpt`` checkpoint or an exported metatomic ``.pt`` model (embedding only).
     trusted : bool
-        Allow full unpickling (runs code from the file). Needed for mace ``.model`` files.
+        Allow full unpickling (runs code from the file). Needed for mace ``.model`` and
+        metatrain ``.ckpt`` files.
     head : str, optional
         Head of a multi-head MACE model.
     dtype : {"float32", "float64"}
@@ -85,14 +98,18 @@ def load_backbone(
         raise CheckpointError(f"Checkpoint {path} does not exist")
     dtype = resolve_dtype(dtype)
     payload = _read_payload(path)
-    if payload is None:
+    if payload is _TORCHSCRIPT:
+        from mlipprobe.backbones.pet import load_exported
+
+        backbone = load_exported(path)
+    elif payload is None:
         if not trusted:
             raise UntrustedCheckpointError(
-                f"{path} is a whole pickled model (a mace-torch .model file); loading it runs "
-                "code stored in the file. If you trust its source, load it with "
-                "backbone.trusted=true (Python: trusted=True)."
+                f"{path} is a whole pickled model or checkpoint (a mace-torch .model or a "
+                "metatrain .ckpt file); loading it runs code stored in the file. If you trust "
+                "its source, load it with backbone.trusted=true (Python: trusted=True)."
             )
-        backbone = _load_pickled_module(path, head, dtype)
+        backbone = _load_pickled(path, head, dtype)
     elif isinstance(payload, dict) and payload.get("format") == "mlipprobe-backbone":
         backbone = _from_payload(path, payload).to(dtype)
         if head is not None and getattr(backbone, "head_name", head) != head:
@@ -108,15 +125,26 @@ def load_backbone(
     return backbone
 
 
-def _load_pickled_module(path: Path, head, dtype) -> Backbone:
-    from mlipprobe.backbones.mace import import_mace, load_mace_module
+def _load_pickled(path: Path, head, dtype) -> Backbone:
+    """A trusted pickle: a metatrain ``.ckpt`` (by suffix) or a mace-torch ``.model``."""
+    metatrain = path.suffix == ".ckpt"
+    if metatrain:  # the classes must be importable before unpickling
+        from mlipprobe.backbones.pet import PetBackbone, import_metatrain
 
-    import_mace()  # the classes must be importable before unpickling
+        import_metatrain()
+    else:
+        from mlipprobe.backbones.mace import import_mace, load_mace_module
+
+        import_mace()
     try:
-        module = torch.load(path, map_location="cpu", weights_only=False)
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise CheckpointError(f"{path} cannot be unpickled: {error}") from error
-    return load_mace_module(module, head, dtype)
+    if metatrain:
+        if not isinstance(loaded, dict) or "architecture_name" not in loaded:
+            raise CheckpointError(f"{path} is not a metatrain checkpoint (no 'architecture_name')")
+        return PetBackbone.from_metatrain_checkpoint(loaded, path).to(dtype)
+    return load_mace_module(loaded, head, dtype)
 
 
 def _from_payload(path: Path, payload: dict) -> Backbone:
@@ -125,6 +153,10 @@ def _from_payload(path: Path, payload: dict) -> Backbone:
         from mlipprobe.backbones.mace import MaceBackbone
 
         return MaceBackbone.from_payload(payload)
+    if kind == "pet":
+        from mlipprobe.backbones.pet import PetBackbone
+
+        return PetBackbone.from_payload(payload)
     raise CheckpointError(f"{path} holds a backbone of unknown kind '{kind}'")
 
 
@@ -150,4 +182,8 @@ def build_backbone(
         from mlipprobe.backbones.mace import MaceBackbone
 
         return MaceBackbone.from_hypers(dict(hypers), structures, dtype=resolve_dtype(dtype), head=head)
-    raise CheckpointError(f"Unknown backbone kind '{kind}' (supported: mace)")
+    if kind == "pet":
+        from mlipprobe.backbones.pet import PetBackbone
+
+        return PetBackbone.from_hypers(dict(hypers), structures, dtype=resolve_dtype(dtype))
+    raise CheckpointError(f"Unknown backbone kind '{kind}' (supported: mace, pet)")

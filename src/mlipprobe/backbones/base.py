@@ -149,8 +149,9 @@ class Backbone(nn.Module):
         ``add_lora``). Every parameter is in exactly one."""
         raise NotImplementedError
 
-    def add_head(self, spec: HeadSpec) -> None:
-        """Add a freshly initialised head for a new target."""
+    def add_head(self, spec: HeadSpec, init: str = "fresh") -> None:
+        """Add a head for a new target: freshly initialised (``init="fresh"``) or a copy
+        of the energy head (``init="energy"``, metatrain's ``inherit_heads``)."""
         raise NotImplementedError
 
     def reset_parameters(self, seed: int | None = None) -> None:

@@ -374,14 +374,23 @@ class MaceBackbone(Backbone):
                 groups["backbone"].append((name, parameter))
         return groups
 
-    def add_head(self, spec: HeadSpec) -> None:
+    def add_head(self, spec: HeadSpec, init: str = "fresh") -> None:
         if spec.name in self.new_heads:
             raise CheckpointError(f"The model already has a head named '{spec.name}'")
         m = import_mace()
         mlp = m["o3"].Irreps(self.hypers["MLP_irreps"])
         gate = m["modules"].gate_dict[self.hypers["gate"]]
-        head = MaceTargetHead(spec, self.layer_irreps, mlp, gate)
-        self.new_heads[spec.name] = head.to(self.dtype)
+        head = MaceTargetHead(spec, self.layer_irreps, mlp, gate).to(self.dtype)
+        if init == "energy":
+            if spec.vector or spec.dim != 1 or len(self.heads_available) != 1:
+                raise CheckpointError(
+                    f"Only a scalar head of a single-head model can be initialised from the energy "
+                    f"head ('{spec.name}' has {3 if spec.vector else spec.dim} components): use strategy.head_init=fresh"
+                )
+            head.readouts.load_state_dict(self.model.readouts.state_dict())
+        elif init != "fresh":
+            raise CheckpointError(f"head_init must be 'fresh' or 'energy', got '{init}'")
+        self.new_heads[spec.name] = head
         self.head_specs[spec.name] = spec
 
     def reset_parameters(self, seed: int | None = None) -> None:
