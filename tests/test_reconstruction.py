@@ -23,8 +23,15 @@ from mlipprobe.analysis import (
     pointwise_lfre,
     reconstruction_split,
 )
+from mlipprobe.analysis.reconstruction import (
+    _eigh,
+    _GramSpectrum,
+    _Ridge2FoldCV,
+    _Rows,
+    _SVDSpectrum,
+)
 
-RTOL = 1e-6  # observed agreement is ~1e-15
+RTOL = 1e-6  # observed agreement is ~1e-11 or better
 
 
 def features(n_samples, dim_x, dim_y, seed=0):
@@ -211,6 +218,105 @@ def test_unrelated_features_give_error_near_one():
     rng = np.random.default_rng(12)
     X, Y = rng.normal(size=(400, 5)), rng.normal(size=(400, 5))
     assert 0.9 < gfre(X, Y) < 1.1
+
+
+# --- the Gram-matrix solver and its SVD fallback ---------------------------------------
+
+
+def local_problems(batch, n, p, q, seed=20):
+    """A batch of centred neighbourhood-like problems: X (b, n, p), Y (b, n, q), x (b, 1, p)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(batch, n, p)) @ rng.normal(size=(batch, p, p))
+    Y = np.tanh(X @ rng.normal(size=(batch, p, q)) / p) + 0.05 * rng.normal(size=(batch, n, q))
+    X, Y = (torch.from_numpy(A - A.mean(1, keepdims=True)) for A in (X, Y))
+    return X, Y, torch.from_numpy(rng.normal(size=(batch, 1, p)))
+
+
+@pytest.mark.parametrize("shape", [(16, 20), (24, 10)], ids=["rows", "columns"])
+@pytest.mark.parametrize("method", ["cutoff", "tikhonov"])
+def test_gram_spectra_fit_like_svds(shape, method):
+    """The fast path (Gram eigenvectors, all alphas at once) is the SVD path, batch-wise."""
+    n, p = shape
+    X, Y, x = local_problems(6, n, p, 7)
+    ridge = _Ridge2FoldCV.from_options(None, "relative", method, DEFAULT_RANDOM_STATE)
+    args = (len(ridge.fold_order(n)) // 2, n * 2.2e-16, True)
+    gram, unresolved = ridge._fit_predict(X, Y, x, *args, _GramSpectrum)
+    svd, _ = ridge._fit_predict(X, Y, x, *args, _SVDSpectrum)
+    assert not unresolved.any()
+    np.testing.assert_allclose(gram.numpy(), svd.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_centring_null_direction_is_removed_exactly():
+    """A centred neighbourhood with k <= p has an exact zero singular value: the Gram
+    spectrum drops it instead of reporting it as unresolved."""
+    X, _, _ = local_problems(3, 12, 20, 1)
+    plain, deflated = _GramSpectrum(_Rows(X)), _GramSpectrum(_Rows(X), centred=True)
+    assert (plain.unresolved > 0).all() and (deflated.unresolved == 0).all()
+    svdvals = torch.linalg.svdvals(X)[:, :-1].flip(-1)
+    np.testing.assert_allclose(deflated.s2.sqrt().numpy(), svdvals.numpy(), rtol=1e-10)
+    U = deflated.left_vectors()
+    np.testing.assert_allclose((U.mT @ U).numpy(), np.tile(np.eye(11), (3, 1, 1)), atol=1e-12)
+    np.testing.assert_allclose(U.sum(1).numpy(), 0, atol=1e-12)  # orthogonal to the constant
+
+
+def tiny_direction_features(n_samples, dim, scale=1e-6, seed=21):
+    """X with one direction of tiny variance that Y depends on: only a ridge keeping
+    the matching tiny singular value reconstructs Y."""
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n_samples, dim))
+    X = Z * np.r_[np.ones(dim - 1), scale]
+    return X, Z[:, [-1, 0, 1]] + 1e-3 * rng.normal(size=(n_samples, 3))
+
+
+def test_unresolved_spectra_fall_back_to_svds(monkeypatch):
+    X, Y = tiny_direction_features(120, 8)
+    spectrum = _GramSpectrum(_Rows(torch.from_numpy(X)[None]))
+    tiny = float(np.linalg.svd(X, compute_uv=False)[-1])
+    assert float(spectrum.unresolved[0]) >= tiny  # an upper bound on what it cannot resolve
+    refitted = []
+    svd_init = _SVDSpectrum.__init__
+    monkeypatch.setattr(
+        _SVDSpectrum,
+        "__init__",
+        lambda self, data, *a: refitted.append(len(data.X)) or svd_init(self, data, *a),
+    )
+    assert gfre(X, Y) < 0.01 and refitted  # the tiny direction is used, through SVDs...
+    np.testing.assert_allclose(  # ...as scikit-matter does
+        pointwise_gfre(X, Y), pointwise_global_reconstruction_error(X, Y), rtol=RTOL
+    )
+    refitted.clear()
+    np.testing.assert_allclose(
+        pointwise_lfre(X, Y, 8), pointwise_local_reconstruction_error(X, Y, 8), rtol=RTOL
+    )
+    assert refitted
+
+
+def test_duplicated_columns_match_skmatter():
+    """Rank-deficient X: the Gram matrices have exact zero eigenvalues."""
+    X, Y = features(120, 5, 7, seed=22)
+    X = np.hstack([X, X])
+    np.testing.assert_allclose(
+        pointwise_gfre(X, Y), pointwise_global_reconstruction_error(X, Y), rtol=RTOL
+    )
+    np.testing.assert_allclose(
+        pointwise_lfre(X, Y, 9), pointwise_local_reconstruction_error(X, Y, 9), rtol=RTOL
+    )
+
+
+def test_batched_eigendecomposition_restores_the_thread_count():
+    A = torch.randn(9, 5, 5, dtype=torch.float64)
+    A = A @ A.mT
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        values, vectors = _eigh(A)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    expected = torch.linalg.eigh(A)
+    np.testing.assert_allclose(values.numpy(), expected.eigenvalues.numpy(), rtol=1e-12)
+    reconstructed = vectors @ torch.diag_embed(values) @ vectors.mT
+    np.testing.assert_allclose(reconstructed.numpy(), A.numpy(), rtol=1e-10, atol=1e-12)
 
 
 # --- error messages ----------------------------------------------------------------

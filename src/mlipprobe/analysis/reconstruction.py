@@ -21,7 +21,9 @@ References
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property, lru_cache, partial
 
 import numpy as np
 import torch
@@ -133,7 +135,8 @@ def pointwise_gfre(
     X_train, X_test, Y_train, Y_test = _prepare_data(
         X, Y, train_idx, test_idx, scaler, random_state, device, dtype
     )
-    Y_tilde = ridge.fit_predict(X_train[None], Y_train[None], X_test[None])[0]
+    order = ridge.fold_order(len(X_train), X_train.device)
+    Y_tilde = ridge.fit_predict(X_train[order][None], Y_train[order][None], X_test[None])[0]
     return torch.linalg.vector_norm(Y_test - Y_tilde, dim=1).cpu().numpy()
 
 
@@ -264,10 +267,11 @@ def pointwise_lfre(
     k = _check_n_local_points(n_local_points, X_train.shape, Y_train.shape)
     batch_size = _check_positive_int("batch_size", batch_size)
     train_sq_norms = (X_train**2).sum(1)
+    fold_order = ridge.fold_order(k, X_train.device)
     errors = []
     for start in range(0, len(X_test), batch_size):
         x, y = X_test[start : start + batch_size], Y_test[start : start + batch_size]
-        neighbours = _nearest_training_points(x, X_train, train_sq_norms, k)
+        neighbours = _nearest_training_points(x, X_train, train_sq_norms, k)[:, fold_order]
         errors.append(_local_errors(ridge, X_train[neighbours], Y_train[neighbours], x, y))
     return torch.cat(errors).cpu().numpy()
 
@@ -391,6 +395,10 @@ def reconstruction_split(
 # the ridge: scikit-matter's Ridge2FoldCV, batched
 # ---------------------------------------------------------------------------------
 
+#: Relative accuracy required of a squared singular value read off a Gram matrix;
+#: smaller ones are "unresolved" (see :class:`_GramSpectrum`).
+_GRAM_RELATIVE_ACCURACY = 1e-7
+
 
 @dataclass(frozen=True)
 class _Ridge2FoldCV:
@@ -408,6 +416,12 @@ class _Ridge2FoldCV:
     changes nothing unless the chosen alpha is below ``rcond``, which with scaled
     float64 data does not happen; in float32 it avoids dividing by the near-zero
     singular value of a centred neighbourhood with ``k <= p``.
+
+    The decompositions come from the eigenvectors of the smaller Gram matrix
+    (:class:`_GramSpectrum`), and one spectrum scores every alpha
+    (:meth:`_fold_rmse`). Batch elements whose Gram matrices cannot resolve a
+    singular value that an alpha might keep are refitted with SVDs
+    (:class:`_SVDSpectrum`), as scikit-matter computes them.
     """
 
     alphas: tuple
@@ -433,60 +447,333 @@ class _Ridge2FoldCV:
         relative, cutoff = alpha_type == "relative", regularization_method == "cutoff"
         return cls(alphas, relative, cutoff, random_state)
 
-    def fit_predict(self, X, Y, X_new):
+    def fold_order(self, n, device=None):
+        """Row order (n,) that puts the first fold first: ``fit_predict`` expects it."""
+        return torch.as_tensor(np.concatenate(_two_folds(n, self.random_state)), device=device)
+
+    def fit_predict(self, X, Y, X_new, centred=False):
         """Fit on each batch element and predict its new rows.
 
-        X (b, n, p), Y (b, n, q), X_new (b, m, p) -> (b, m, q).
+        X (b, n, p), Y (b, n, q), X_new (b, m, p) -> (b, m, q); rows of X and Y in
+        :meth:`fold_order`. ``centred``: the columns of each X sum to zero.
         """
         n, p = X.shape[-2:]
         rcond = max(n, p) * torch.finfo(X.dtype).eps
-        fold1, fold2 = _two_folds(n, self.random_state, X.device)
-        svd1 = torch.linalg.svd(X[:, fold1], full_matrices=False)
-        svd2 = torch.linalg.svd(X[:, fold2], full_matrices=False)
+        n_first = len(_two_folds(n, self.random_state)[0])
+        args = (n_first, rcond, centred)
+        prediction, unresolved = self._fit_predict(X, Y, X_new, *args, _GramSpectrum)
+        if unresolved.any():
+            prediction[unresolved] = self._fit_predict(
+                X[unresolved], Y[unresolved], X_new[unresolved], *args, _SVDSpectrum
+            )[0]
+        return prediction
+
+    def _fit_predict(self, X, Y, X_new, n_first, rcond, centred, spectrum):
+        """Prediction (b, m, q) with ``spectrum`` decompositions, and where they fall short (b,)."""
+        data = _Rows(X, Y)
+        first, second = data.split(n_first)
+        spectrum1, spectrum2 = spectrum(first), spectrum(second)
         alphas = torch.tensor(self.alphas, dtype=X.dtype, device=X.device).expand(len(X), -1)
         if self.relative:
-            s_max = torch.maximum(svd1.S.amax(-1), svd2.S.amax(-1))
+            s_max = torch.maximum(spectrum1.s2[:, -1], spectrum2.s2[:, -1]).sqrt()
             alphas = alphas * s_max[:, None]
-        rmse_1_to_2 = self._fold_rmse(svd1, X[:, fold2], Y[:, fold1], Y[:, fold2], alphas, rcond)
-        rmse_2_to_1 = self._fold_rmse(svd2, X[:, fold1], Y[:, fold2], Y[:, fold1], alphas, rcond)
+        rmse_1_to_2 = self._fold_rmse(spectrum1, second, alphas, rcond)
+        rmse_2_to_1 = self._fold_rmse(spectrum2, first, alphas, rcond)
         scores = (-rmse_1_to_2 - rmse_2_to_1) / 2
         best_alpha = alphas.gather(1, scores.argmax(1, keepdim=True))
-        U, s, Vt = torch.linalg.svd(X, full_matrices=False)
-        weights = self._filter(s, best_alpha, rcond)  # upstream: len(s > rcond), see class
-        return (X_new @ (Vt.mT * weights[:, None, :])) @ (U.mT @ Y)
+        full = spectrum(data, centred)
+        prediction = full.predict(X_new, self._weights(full.s2, best_alpha, rcond))
+        smallest_cut = self._cut(alphas.amin(1), rcond)
+        unresolved = (spectrum1.unresolved > smallest_cut) | (spectrum2.unresolved > smallest_cut)
+        return prediction, unresolved | (full.unresolved > self._cut(best_alpha[:, 0], rcond))
 
-    def _fold_rmse(self, svd, X_other, Y_own, Y_other, alphas, rcond):
-        """Column-averaged RMSE on the other fold for each alpha: (b, n_alphas)."""
-        U, s, Vt = svd
-        A = X_other @ Vt.mT  # X_2 V_1
-        B = U.mT @ Y_own  # U_1^T Y_1
-        rmse = torch.empty_like(alphas)
-        previous = None
-        for j in range(alphas.shape[1]):
-            weights = self._filter(s, alphas[:, j : j + 1], rcond)
-            if previous is not None and torch.equal(weights, previous):
-                rmse[:, j] = rmse[:, j - 1]  # same truncation: an exact tie, as upstream
-                continue
-            residual = Y_other - (A * weights[:, None, :]) @ B
-            rmse[:, j] = (residual**2).mean(1).sqrt().mean(1)
-            previous = weights
+    def _fold_rmse(self, spectrum, other, alphas, rcond):
+        r"""Column-averaged RMSE on the other fold for each alpha: (b, n_alphas).
+
+        The fold's model predicts the other fold as :math:`\mathbf{F} \operatorname{diag}(h)
+        \mathbf{W}` with :math:`\mathbf{F} = \mathbf{X}_o\mathbf{V}\mathbf{S}`,
+        :math:`\mathbf{W} = \mathbf{U}^T\mathbf{Y}` and :math:`h_j = g_\alpha(s_j)/s_j`,
+        so that the squared error of column :math:`c` is
+
+        .. math::
+            \lVert \mathbf{y}_c \rVert^2 + \sum_j h_j W_{jc} \Bigl(
+            G_{jj} h_j W_{jc} + 2 \sum_{l>j} G_{jl} h_l W_{lc} - 2 D_{jc} \Bigr), \quad
+            \mathbf{D} = \mathbf{F}^T\mathbf{Y}_o, \ \mathbf{G} = \mathbf{F}^T\mathbf{F}.
+        """
+        if self.cutoff:
+            sse, n_kept = self._cutoff_sse(spectrum, other, alphas, rcond)
+        else:
+            sse = self._tikhonov_sse(spectrum, other, alphas, rcond)
+        rmse = (sse.clamp(min=0) / other.X.shape[1]).sqrt().mean(-1)
+        if self.cutoff:  # equal truncations tie exactly, as upstream
+            same_truncation = n_kept[:, :, None] == n_kept[:, None, :]
+            rmse = rmse.gather(1, same_truncation.to(torch.uint8).argmax(-1))
         return rmse
 
-    def _filter(self, s, alpha, rcond):
-        """Spectral weights g_alpha(s), zero for s <= rcond: (b, r) from alpha (b, 1)."""
-        keep = s > rcond
+    def _cutoff_sse(self, spectrum, other, alphas, rcond):
+        """Squared errors (b, n_alphas, q) and kept counts (b, n_alphas) of every cutoff.
+
+        A cutoff keeps the largest singular values: with them last (ascending order),
+        the sum over kept pairs (j, l) becomes one over kept j of the terms above,
+        computed once for all j.
+        """
+        weights = self._weights(spectrum.s2, alphas[:, :1] * 0, rcond)
+        hW, D, G = spectrum.fold_products(other, weights)
+        r = G.shape[-1]
+        pair_weights = torch.ones(r, r, dtype=G.dtype, device=G.device).triu(1) * 2
+        pair_weights.diagonal().fill_(1)
+        terms = hW * torch.baddbmm(D, G * pair_weights, hW, beta=-2)
+        kept = spectrum.s2[:, None, :] > self._cut(alphas, rcond)[..., None] ** 2
+        return torch.baddbmm(other.y_sq[:, None, :], kept.to(G.dtype), terms), kept.sum(-1)
+
+    def _tikhonov_sse(self, spectrum, other, alphas, rcond):
+        """Squared errors (b, n_alphas, q), one alpha at a time."""
+        (W, D, G), sse = spectrum.fold_products(other), []
+        for alpha in alphas.unbind(1):
+            hW = W * self._weights(spectrum.s2, alpha[:, None], rcond)[..., None]
+            sse.append(other.y_sq + (hW * torch.baddbmm(D, G, hW, beta=-2)).sum(1))
+        return torch.stack(sse, dim=1)
+
+    def _weights(self, s2, alpha, rcond):
+        """Spectral weights h = g_alpha(s)/s, zero for s <= rcond: (b, r) from alpha (b, 1)."""
         if self.cutoff:
-            keep = keep & (s > alpha)
-            weights = 1 / s
-        else:
-            weights = s / (s**2 + alpha)
-        return torch.where(keep, weights, torch.zeros_like(s))
+            return torch.where(s2 > self._cut(alpha, rcond) ** 2, 1 / s2, 0)
+        return torch.where(s2 > rcond**2, 1 / (s2 + alpha), 0)
+
+    def _cut(self, alpha, rcond):
+        """Singular values at or below this are dropped: max(alpha, rcond) or rcond."""
+        return alpha.clamp(min=rcond) if self.cutoff else torch.full_like(alpha, rcond)
 
 
-def _two_folds(n, random_state, device):
+class _Rows:
+    """Rows X (b, n, p) and Y (b, n, q) of a ridge problem, or of one of its folds, with
+    the products the ridge needs, each computed once; folds take their row products
+    from the whole problem's, which sums the folds' column products."""
+
+    def __init__(self, X, Y=None, parent=None, index=slice(None)):
+        self.X, self.Y, self.parent, self.index = X, Y, parent, index
+        self.folds = ()
+
+    @property
+    def rows_side(self):
+        """Whether X X^T (n <= p) is the smaller Gram matrix."""
+        return self.X.shape[1] <= self.X.shape[2]
+
+    def split(self, n_first):
+        sizes = [n_first, self.X.shape[1] - n_first]
+        parts = zip(self.X.split(sizes, 1), self.Y.split(sizes, 1))
+        index = (slice(0, n_first), slice(n_first, None))
+        self.folds = tuple(_Rows(X, Y, self, i) for (X, Y), i in zip(parts, index))
+        return self.folds
+
+    @cached_property
+    def row_gram(self):
+        """X X^T (b, n, n)."""
+        return self.cross(self)
+
+    def cross(self, other):
+        """other.X X^T (b, n_other, n)."""
+        parent = self.parent
+        if parent is not None and parent is other.parent and parent.rows_side:
+            return parent.row_gram[:, other.index, self.index]
+        return other.X @ self.X.mT
+
+    @cached_property
+    def column_gram(self):
+        """X^T X (b, p, p)."""
+        if self.folds:
+            return sum(fold.column_gram for fold in self.folds)
+        return self.X.mT @ self.X
+
+    @cached_property
+    def XtY(self):
+        """X^T Y (b, p, q)."""
+        if self.folds:
+            return sum(fold.XtY for fold in self.folds)
+        return self.X.mT @ self.Y
+
+    @cached_property
+    def y_sq(self):
+        """Squared norms of the columns of Y (b, q)."""
+        return torch.linalg.vector_norm(self.Y, dim=1) ** 2
+
+
+class _GramSpectrum:
+    r"""Thin SVD :math:`\mathbf{X} = \mathbf{U}\mathbf{S}\mathbf{V}^T` of a batch of
+    :class:`_Rows` from the eigendecomposition of the smaller Gram matrix,
+
+    .. math::
+        \mathbf{X}\mathbf{X}^T = \mathbf{U}\mathbf{S}^2\mathbf{U}^T \ (n \le p), \qquad
+        \mathbf{X}^T\mathbf{X} = \mathbf{V}\mathbf{S}^2\mathbf{V}^T \ (n > p),
+
+    the other side following from :math:`\mathbf{X}^T\mathbf{U} = \mathbf{V}\mathbf{S}`;
+    ``s2`` (b, r) holds :math:`s^2` in ascending order. An eigenvalue of the computed
+    Gram matrix is off by up to about :math:`e = (\min(n, p) + \sqrt{\max(n, p)})\,
+    \epsilon\, s_\max^2` (the eigensolver's backward error and the rounding of the
+    sums), so :math:`s^2` is trusted only above :math:`e / 10^{-7}`
+    (:data:`_GRAM_RELATIVE_ACCURACY`; :math:`s / s_\max \gtrsim 4 \times 10^{-4}` for
+    128 features); below, all we know is :math:`s \le \sqrt{s^2 + e}`. ``unresolved``
+    (b,) is the largest such bound, 0 when every value is trusted: any cutoff at or
+    above it keeps exactly the singular values an SVD would keep.
+
+    ``centred`` (columns of X summing to zero, :math:`n \le p`) removes the exact zero
+    singular value that centring creates, so that it does not count as unresolved:
+    see :class:`_MeanReflection`.
+    """
+
+    def __init__(self, data, centred=False):
+        n, p = data.X.shape[1:]
+        self.data, self.rows = data, data.rows_side
+        gram = data.row_gram if self.rows else data.column_gram
+        self.reflection = None
+        if centred and self.rows:
+            self.reflection = _MeanReflection(n, gram.dtype, gram.device)
+            gram = self.reflection.of_gram(gram)
+        s2, self.vectors = _eigh(gram)
+        self.s2 = s2.clamp(min=0)
+        error = (min(n, p) + np.sqrt(max(n, p))) * torch.finfo(s2.dtype).eps * self.s2[:, -1:]
+        trusted = self.s2 >= error / _GRAM_RELATIVE_ACCURACY
+        self.unresolved = torch.where(trusted, 0, self.s2 + error).amax(-1).sqrt()
+
+    def fold_products(self, other, weights=None):
+        r"""diag(h) W, D and G of :meth:`_Ridge2FoldCV._fold_rmse` for predicting ``other``.
+
+        From the rows, :math:`\mathbf{F} = \mathbf{X}_o\mathbf{X}^T\mathbf{U}`; from the
+        columns, :math:`\mathbf{D} = \mathbf{S}\mathbf{V}^T\mathbf{X}_o^T\mathbf{Y}_o`,
+        :math:`\mathbf{G} = \mathbf{S}\mathbf{V}^T\mathbf{X}_o^T\mathbf{X}_o\mathbf{V}\mathbf{S}`
+        and :math:`\mathbf{W} = \mathbf{S}^{-1}\mathbf{V}^T\mathbf{X}^T\mathbf{Y}`.
+        """
+        if self.rows:
+            F = self._in_basis(self.data.cross(other))
+            hW = _scale_columns(self.left_vectors(), weights).mT @ self.data.Y
+            return hW, F.mT @ other.Y, F.mT @ F
+        s = self.s2.sqrt()
+        VS = self.vectors * s[:, None, :]
+        inverse_s = torch.where(s > 0, 1 / s, 0)
+        weights = inverse_s if weights is None else weights * inverse_s
+        hW = _scale_columns(self.vectors, weights).mT @ self.data.XtY
+        return hW, VS.mT @ other.XtY, VS.mT @ other.column_gram @ VS
+
+    def predict(self, Z, weights):
+        r""":math:`\mathbf{Z}\mathbf{V}\mathbf{S}\operatorname{diag}(h)\mathbf{U}^T\mathbf{Y}`
+        (b, m, q): :math:`(\mathbf{Z}\mathbf{X}^T\mathbf{U}) \operatorname{diag}(h)
+        (\mathbf{U}^T\mathbf{Y})` from the rows, :math:`\mathbf{Z}\mathbf{V}
+        \operatorname{diag}(h) \mathbf{V}^T\mathbf{X}^T\mathbf{Y}` from the columns."""
+        if not self.rows:
+            return _scale_columns(Z @ self.vectors, weights) @ (self.vectors.mT @ self.data.XtY)
+        scaled = _scale_columns(self._in_basis(Z @ self.data.X.mT), weights)
+        return self._from_basis(scaled) @ self.data.Y
+
+    def left_vectors(self):
+        """U (b, n, r), from the rows."""
+        if self.reflection is None:
+            return self.vectors
+        eye = torch.eye(self.vectors.shape[-1]).to(self.vectors)
+        return self._from_basis(eye).mT
+
+    def _in_basis(self, A):
+        """A U for rows A (b, m, n)."""
+        if self.reflection is not None:
+            A = self.reflection.of_rows(A)[..., :-1]
+        return A @ self.vectors
+
+    def _from_basis(self, A):
+        """A U^T for rows A (b, m, r)."""
+        A = A @ self.vectors.mT
+        if self.reflection is not None:
+            A = self.reflection.of_rows(torch.nn.functional.pad(A, (0, 1)))
+        return A
+
+
+class _SVDSpectrum:
+    """Thin SVD of a batch of :class:`_Rows` by LAPACK, the decomposition scikit-matter
+    uses; singular values in ascending order, as in :class:`_GramSpectrum`."""
+
+    def __init__(self, data, centred=False):
+        U, s, Vh = _svd(data.X)
+        self.data, self.U, self.s, self.V = data, U.flip(-1), s.flip(-1), Vh.mT.flip(-1)
+        self.s2, self.unresolved = self.s**2, torch.zeros_like(s[:, 0])
+
+    def fold_products(self, other, weights=None):
+        F = (other.X @ self.V) * self.s[:, None, :]
+        return _scale_columns(self.U, weights).mT @ self.data.Y, F.mT @ other.Y, F.mT @ F
+
+    def predict(self, Z, weights):
+        scaled = _scale_columns((Z @ self.V) * self.s[:, None, :], weights)
+        return scaled @ (self.U.mT @ self.data.Y)
+
+
+def _scale_columns(A, weights):
+    """A (b, m, r) with column j multiplied by weights[:, j]; A itself when weights is None."""
+    return A if weights is None else A * weights[:, None, :]
+
+
+class _MeanReflection:
+    r"""The Householder reflection :math:`\mathbf{H} = \mathbf{I} - \beta\mathbf{v}\mathbf{v}^T`
+    that maps :math:`\mathbf{1}/\sqrt{n}` to :math:`-\mathbf{e}_n`.
+
+    Centred columns make :math:`\mathbf{1}/\sqrt{n}` a left singular vector of X with
+    singular value 0. As :math:`\mathbf{X}\mathbf{X}^T\mathbf{1} = 0`, the last row
+    and column of :math:`\mathbf{H}\mathbf{X}\mathbf{X}^T\mathbf{H}` vanish; the
+    eigenvectors :math:`\tilde{\mathbf{U}}` of the rest give the other singular vectors,
+    :math:`\mathbf{U} = \mathbf{H}[\tilde{\mathbf{U}}; \mathbf{0}]`.
+    """
+
+    def __init__(self, n, dtype, device):
+        self.v = torch.full((n,), n**-0.5, dtype=dtype, device=device)
+        self.v[-1] += 1
+        self.beta = 2 / (self.v @ self.v)
+
+    def of_gram(self, K):
+        r""":math:`\mathbf{H}\mathbf{K}\mathbf{H} = \mathbf{K} - \mathbf{v}\mathbf{w}^T
+        - \mathbf{w}\mathbf{v}^T` without its last row and column, with
+        :math:`\mathbf{w} = \beta\mathbf{K}\mathbf{v} - \tfrac{\beta^2}{2}
+        (\mathbf{v}^T\mathbf{K}\mathbf{v})\mathbf{v}`: (b, n - 1, n - 1)."""
+        Kv = self.beta * (K @ self.v)
+        w = Kv - (self.beta / 2) * (Kv @ self.v)[:, None] * self.v
+        v = self.v.expand_as(w)
+        reflected = torch.baddbmm(K, torch.stack([v, w], -1), torch.stack([w, v], 1), alpha=-1)
+        return reflected[:, :-1, :-1]
+
+    def of_rows(self, A):
+        """A H for rows A (b, m, n)."""
+        return A - (self.beta * (A @ self.v))[..., None] * self.v
+
+
+def _eigh(A):
+    """Eigenvalues (ascending) and eigenvectors of a batch of symmetric matrices."""
+    return _batched_lapack(torch.linalg.eigh, A)
+
+
+def _svd(A):
+    """Thin SVD (U, s, Vh) of a batch of matrices."""
+    return _batched_lapack(partial(torch.linalg.svd, full_matrices=False), A)
+
+
+def _batched_lapack(function, A):
+    """``function(A)`` for a batch of small matrices; on CPU, single-threaded LAPACK
+    calls on slices of the batch run in parallel, one slice per torch thread.
+
+    Threading inside each small LAPACK call gains little, and its busy-waiting threads
+    slow it down a hundredfold when other processes share the cores.
+    """
+    n_threads = torch.get_num_threads()
+    if A.device.type != "cpu" or n_threads == 1 or len(A) == 1:
+        return function(A)
+    slices = A.tensor_split(min(n_threads, len(A)))
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(slices)) as pool:
+            results = list(pool.map(function, slices))
+    finally:
+        torch.set_num_threads(n_threads)
+    return tuple(torch.cat(parts) for parts in zip(*results))
+
+
+@lru_cache(maxsize=64)
+def _two_folds(n, random_state):
     """scikit-matter's folds: the first split of KFold(2, shuffle=True, random_state)."""
-    fold1, fold2 = next(KFold(2, shuffle=True, random_state=random_state).split(np.empty((n, 1))))
-    return torch.as_tensor(fold1, device=device), torch.as_tensor(fold2, device=device)
+    return next(KFold(2, shuffle=True, random_state=random_state).split(np.empty((n, 1))))
 
 
 # ---------------------------------------------------------------------------------
@@ -538,11 +825,12 @@ def _nearest_training_points(x, X_train, train_sq_norms, k):
 
 
 def _local_errors(ridge, X_local, Y_local, x, y):
-    """LFRE^(i) for a batch: neighbours X_local (b, k, p), Y_local (b, k, q)."""
+    """LFRE^(i) for a batch: neighbours X_local (b, k, p), Y_local (b, k, q) in fold order,
+    centred in place."""
     x_mean = X_local.mean(1, keepdim=True)  # \bar{x}^{(i)}
     y_mean = Y_local.mean(1, keepdim=True)  # \bar{y}^{(i)}
     y_tilde = y_mean + ridge.fit_predict(
-        X_local - x_mean, Y_local - y_mean, x[:, None, :] - x_mean
+        X_local.sub_(x_mean), Y_local.sub_(y_mean), x[:, None, :] - x_mean, centred=True
     )  # \tilde{y}_i = \bar{y} + (x_i - \bar{x}) P^{(i)}
     return torch.linalg.vector_norm(y[:, None, :] - y_tilde, dim=(1, 2))
 
