@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install test test-all demo demo-parent bench clean
+.PHONY: install test test-all demo demo-parent demo-parent-pet bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,10 +21,11 @@ test: install
 test-all: install
 	$(PY) -m pytest
 
-# Five strategies from the bundled demo MACE parent on the bundled QM9 demo set, then a probe report.
+# Five strategies from each bundled demo parent (MACE and PET) on the bundled QM9 demo set,
+# then a probe report over all twelve checkpoints.
 demo: install
 	$(PY) train.py -m experiment=demo_scratch,demo_full,demo_head,demo_transfer_full,demo_transfer_head \
-		trainer=cpu hydra.sweep.dir=$(DEMO_DIR)
+		backbone=demo_mace,demo_pet trainer=cpu hydra.sweep.dir=$(DEMO_DIR)
 	$(PY) -m mlipprobe.reporting $(DEMO_DIR)
 	$(PY) probe.py inputs=$(DEMO_DIR) hydra.run.dir=$(DEMO_DIR)/probe reconstruction.nonlinear=false probes.cv=3
 	@echo "Probe report: $(DEMO_DIR)/probe/report/report.md"
@@ -33,6 +34,13 @@ demo: install
 demo-parent: install
 	$(PY) train.py experiment=pretrain_demo trainer=cpu hydra.run.dir=outputs/pretrain_demo
 	cp outputs/pretrain_demo/checkpoints/model.pt checkpoints/demo_mace_parent.pt
+
+# Recipe of checkpoints/demo_pet_parent.ckpt: metatrain's own `mtt train` (a real .ckpt, as users bring).
+demo-parent-pet: install
+	mkdir -p outputs/pretrain_demo_pet
+	cd outputs/pretrain_demo_pet && ln -sfn ../../data data && \
+		../../$(VENV)/bin/mtt train ../../conf/metatrain/pet_demo_parent.yaml -o demo_pet_parent
+	cp outputs/pretrain_demo_pet/demo_pet_parent.ckpt checkpoints/demo_pet_parent.ckpt
 
 bench: install
 	$(PY) benchmarks/bench_embed.py

@@ -60,6 +60,30 @@ def test_every_experiment_composes_and_runs_fast_dev_run(tmp_path, experiment):
     assert (tmp_path / "checkpoints" / "model.pt").is_file()
 
 
+DEMO_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith("demo_")]
+
+
+@pytest.mark.parametrize("experiment", DEMO_EXPERIMENTS)
+def test_demo_experiments_run_on_the_pet_parent(tmp_path, experiment):
+    """The demo's five strategies on the `mtt train` checkpoint; metatrain can read what we write."""
+    cfg = compose_train(tmp_path, [f"experiment={experiment}", "backbone=demo_pet", "trainer.fast_dev_run=true"])
+    _, objects = train(cfg)
+    assert objects["backbone"].kind == "pet"
+    assert load_backbone(tmp_path / "checkpoints" / "model.pt").kind == "pet"
+    with h5py.File(tmp_path / "embeddings" / "trained.h5") as handle:
+        assert handle.attrs["backbone"] == "pet"
+        assert handle["features/backbone"].shape[0] == handle["atomic_numbers"].shape[0]
+    from metatrain.utils.io import load_model
+
+    assert load_model(str(tmp_path / "checkpoints" / "model.ckpt")).atomic_types == [1, 6, 7, 8, 9]
+
+
+def test_pet_from_hyperparameters_trains_and_lora_runs(tmp_path):
+    train(compose_train(tmp_path / "scratch", ["backbone=pet_small", "strategy=scratch", "trainer.fast_dev_run=true", "embed.parent=false"]))
+    train(compose_train(tmp_path / "lora", ["backbone=demo_pet", "strategy=lora", "trainer.fast_dev_run=true"]))
+    assert (tmp_path / "lora" / "checkpoints" / "model.ckpt").is_file()
+
+
 def test_embed_task_writes_a_standalone_embedding_file(tmp_path):
     checkpoint = ROOT / "checkpoints" / "demo_mace_parent.pt"
     output = tmp_path / "parent.h5"
@@ -93,6 +117,9 @@ def test_cli_runs_the_default_job(tmp_path):
         (["data.path=/nonexistent/file.xyz"], r"/nonexistent/file\.xyz"),
         (["backbone=mace", "backbone.checkpoint=/nonexistent/model.model"], r"/nonexistent/model\.model does not exist"),
         (["data.splits.fractions.test=0.0", "data.embed_split=test"], r"Split 'test'.* is empty"),
+        (["backbone=pet", f"backbone.checkpoint={ROOT}/checkpoints/demo_pet_parent.ckpt"],
+         r"demo_pet_parent\.ckpt is a whole pickled .*backbone\.trusted=true"),
+        (["backbone=pet_small", "+backbone.hypers.d_pett=8"], r"Unknown PET hyperparameter\(s\) \['d_pett'\]"),
     ],
 )
 def test_cli_bad_input_exits_non_zero_with_a_clear_message_and_no_output(tmp_path, overrides, message):

@@ -78,7 +78,12 @@ def load_embedding_sets(paths: Sequence[Path]) -> list[EmbeddingSet]:
         if label in taken:
             label = f"{label} ({path.parent.parent.name})"
         sets[key] = EmbeddingSet(label=label, path=Path(path), attrs=attrs)
-    return list(sets.values())
+    entries = list(sets.values())
+    if len({entry.attrs.get("backbone") for entry in entries}) > 1:  # e.g. "pet full" vs "mace full"
+        for entry in entries:
+            if entry.attrs.get("role") != "parent" and entry.attrs.get("strategy"):
+                entry.label = f"{entry.attrs.get('backbone')} {entry.attrs['strategy']}"
+    return entries
 
 
 def check_same_atoms(sets: Sequence[EmbeddingSet]) -> tuple[np.ndarray, np.ndarray]:
