@@ -196,14 +196,31 @@ def anchor_project(X, anchors, *, batch_size: int = 65536, device=None, dtype=to
 # ---------------------------------------------------------------------------------
 
 
-def knn(query, reference=None, k: int = 10, *, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def _smallest(chunks: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k smallest entries per row of (rows, n_chunks, chunk) and their column indices.
+
+    Exact: an entry outside the k chunks with the smallest minima has at least k smaller
+    or equal entries (one per such chunk), so only those k chunks are searched.
+    """
+    rows, n_chunks, chunk = chunks.shape
+    best = torch.topk(chunks.amin(dim=2), min(k, n_chunks), dim=1, largest=False).indices
+    candidates = torch.gather(chunks, 1, best[:, :, None].expand(-1, -1, chunk)).reshape(rows, -1)
+    values, where = torch.topk(candidates, k, dim=1, largest=False)
+    return values, best.gather(1, where // chunk) * chunk + where % chunk
+
+
+def knn(query, reference=None, k: int = 10, *, device=None, dtype=torch.float32,
+        chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Euclidean k nearest reference rows of every query row, blocked.
 
-    .. math::  d_{ij}^2 = \lVert \mathbf{q}_i \rVert^2 - 2\,\mathbf{q}_i\cdot\mathbf{r}_j
-               + \lVert \mathbf{r}_j \rVert^2
+    .. math::  d_{ij}^2 - \lVert \mathbf{q}_i \rVert^2 = [\mathbf{q}_i, 1] \cdot
+               [-2\mathbf{r}_j, \lVert \mathbf{r}_j \rVert^2]
 
-    With ``reference=None`` the query is its own reference and each row's own entry is
-    left out. Returns ``(distances, indices)``, both (n_query, k), nearest first.
+    One matrix product per block of query rows gives each row's distances up to a
+    constant; the k smallest are searched in the ``chunk``-column chunks with the
+    smallest minima (exact). With ``reference=None`` the query is its own reference and
+    each row's own entry is left out. Returns ``(distances, indices)``, both
+    (n_query, k), nearest first.
     """
     Q = _tensor(query, device, dtype, "query")
     R = Q if reference is None else _tensor(reference, Q.device, dtype, "reference")
@@ -212,16 +229,19 @@ def knn(query, reference=None, k: int = 10, *, device=None, dtype=torch.float32)
     available = len(R) - (reference is None)
     if not 1 <= k <= available:
         raise ValueError(f"k = {k} neighbours requested but the reference has {available} other rows")
-    r2 = (R * R).sum(1)
-    block = max(1, _BLOCK_ELEMENTS // max(1, len(R)))
+    width = -(-len(R) // chunk) * chunk
+    augmented = torch.cat([-2 * R, (R * R).sum(1, keepdim=True)], dim=1)
+    augmented = torch.nn.functional.pad(augmented, (0, 0, 0, width - len(R)))
+    augmented[len(R):, -1] = float("inf")  # padding columns are never chosen
+    block = max(1, _BLOCK_ELEMENTS // width)
     distances, indices = [], []
     for start in range(0, len(Q), block):
         q = Q[start : start + block]
-        partial = torch.addmm(r2[None, :], q, R.T, alpha=-2)  # d^2 - |q|^2: the same order per row
+        partial = torch.cat([q, q.new_ones(len(q), 1)], dim=1) @ augmented.T
         if reference is None:
             rows = torch.arange(len(q), device=Q.device)
             partial[rows, rows + start] = float("inf")
-        values, where = torch.topk(partial, k, dim=1, largest=False)
+        values, where = _smallest(partial.view(len(q), -1, chunk), k)
         distances.append(values.add_((q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt_())
         indices.append(where)
     return torch.cat(distances), torch.cat(indices)
