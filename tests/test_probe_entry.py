@@ -65,9 +65,53 @@ def test_report_has_matrices_heatmaps_and_tables(embedding_folder, tmp_path):
             assert np.all(np.diag(matrix) < matrix[~np.eye(2, dtype=bool)])
     report = (tmp_path / "report" / "report.md").read_text()
     for text in ("GFRE", "LFRE", "## Probes", "mulliken (per atom)", "Composition projection", "Cumulant",
-                 "figures/pcovr_backbone.png", "figures/learning_curve_last_layer.png"):
+                 "figures/pcovr_backbone.png", "figures/learning_curve_last_layer.png",
+                 "### Common latent space: `backbone` features", "figures/mutual_knn_common_last_layer.png",
+                 "figures/ot_common_backbone.png", "Most atypical structures"):
         assert text in report
     assert (tmp_path / "report" / "tables" / "probes.csv").is_file() and (tmp_path / "report" / "tables" / "cpd.csv").is_file()
+
+
+def test_common_space_section_saves_anchors_that_a_later_run_reuses(embedding_folder, tmp_path):
+    from mlipprobe.probing import AnchorMismatchError
+
+    quick = [f"inputs={embedding_folder}", "features=[backbone]", "reconstruction.lfre=false",
+             "reconstruction.nonlinear=false", "reconstruction.max_epochs=20", "cpd.enabled=false",
+             "cumulants.order=1", "pcovr.target=none", "probes.learning_curve=[]", "common_space.n_anchors=30"]
+    probe(compose_probe(tmp_path / "a", [*quick, "common_space.reconstruction=[gfre,nonlinear]", "common_space.probes=true"]))
+    tables = tmp_path / "a" / "report" / "tables"
+    record = json.loads((tables / "anchors_backbone.json").read_text())
+    rows = [a["row"] for a in record["anchors"]]
+    assert record["reference"] == "demo_mace_parent" and len(set(rows)) == 30
+    with h5py.File(embedding_folder / "parent" / "embeddings" / "parent.h5") as handle:
+        numbers, structure_index = handle["atomic_numbers"][()], handle["structure_index"][()]
+    assert [a["atomic_number"] for a in record["anchors"]] == numbers[rows].tolist()
+    assert [a["structure_index"] for a in record["anchors"]] == structure_index[rows].tolist()
+    matrix = lambda folder, name: np.array(json.loads((folder / f"{name}_backbone.json").read_text())["matrix"])  # noqa: E731
+    off_diagonal = ~np.eye(2, dtype=bool)
+    for name in ("mutual_knn_common", "mutual_knn_raw", "cka_common", "cka_raw"):  # a model aligned with itself: 1
+        assert np.allclose(np.diag(matrix(tables, name)), 1.0) and np.all(matrix(tables, name)[off_diagonal] < 0.9)
+    for name in ("procrustes_common", "procrustes_raw", "ot_common", "gfre_common"):  # ... and 0
+        assert np.all(np.diag(matrix(tables, name)) < 1e-6) and np.all(matrix(tables, name)[off_diagonal] > 0.01)
+    assert matrix(tables, "nonlinear_common").shape == (2, 2)
+    with open(tables / "probes.csv") as handle:
+        assert sum(row.startswith("scratch,common_backbone,gap,") for row in handle) == 1
+    with open(tables / "atypicality_backbone.csv") as handle:
+        assert len(handle.readlines()) == 1 + len(np.unique(structure_index))
+
+    probe(compose_probe(tmp_path / "b", [*quick, "probes.enabled=false", f"common_space.anchors={tables / 'anchors_backbone.json'}"]))
+    reused = tmp_path / "b" / "report" / "tables"
+    assert json.loads((reused / "anchors_backbone.json").read_text())["anchors"] == record["anchors"]
+    assert np.array_equal(matrix(reused, "mutual_knn_common"), matrix(tables, "mutual_knn_common"))
+    assert "reused from" in (tmp_path / "b" / "report" / "report.md").read_text()
+
+    record["anchors"][3]["atomic_number"] = 9
+    wrong = tmp_path / "wrong_anchors.json"
+    wrong.write_text(json.dumps(record))
+    with pytest.raises(AnchorMismatchError, match=rf"anchor 3 \(row {rows[3]}\) is atom Z=9 of structure "
+                                                  r"\d+, but row \d+ here is Z=\d+ .*chosen on other atoms"):
+        probe(compose_probe(tmp_path / "c", [*quick, "probes.enabled=false", f"common_space.anchors={wrong}"]))
+    assert not (tmp_path / "c" / "report").exists()
 
 
 def test_reported_gfre_equals_the_closed_form_on_the_files(embedding_folder, tmp_path):
@@ -75,7 +119,8 @@ def test_reported_gfre_equals_the_closed_form_on_the_files(embedding_folder, tmp
 
     probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "reconstruction.lfre=false",
                                    "reconstruction.nonlinear=false", "probes.enabled=false", "cpd.enabled=false",
-                                   "cumulants.order=1", "features=[backbone]", "pcovr.target=none"]))
+                                   "cumulants.order=1", "features=[backbone]", "pcovr.target=none",
+                                   "common_space.enabled=false"]))
     matrix = json.loads((tmp_path / "report" / "tables" / "gfre_backbone.json").read_text())["matrix"]
     with h5py.File(embedding_folder / "parent" / "embeddings" / "parent.h5") as a, \
             h5py.File(embedding_folder / "scratch" / "embeddings" / "trained.h5") as b:
@@ -111,7 +156,8 @@ def test_report_is_logged_to_wandb_offline(embedding_folder, tmp_path, monkeypat
     monkeypatch.setenv("HOME", str(tmp_path))
     probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "wandb.enabled=true", "features=[backbone]",
                                    "reconstruction.lfre=false", "reconstruction.nonlinear=false",
-                                   "probes.enabled=false", "cpd.enabled=false", "cumulants.order=1"]))
+                                   "probes.enabled=false", "cpd.enabled=false", "cumulants.order=1",
+                                   "common_space.enabled=false"]))
     runs = list((tmp_path / "report" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
@@ -127,7 +173,8 @@ def test_vector_target_is_routed_to_l1_features(embedding_folder, tmp_path):
     probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", f"data.path={data}", "data.targets=[]",
                                    "data.vector_targets=[charge_dipole]", "features=[layer0_L1]",
                                    "reconstruction.lfre=false", "reconstruction.nonlinear=false",
-                                   "cpd.enabled=false", "cumulants.order=1", "probes.learning_curve=[]"]))
+                                   "cpd.enabled=false", "cumulants.order=1", "probes.learning_curve=[]",
+                                   "common_space.enabled=false"]))
     report = (tmp_path / "report" / "report.md").read_text()
     rows = [line for line in report.splitlines() if "charge_dipole (vector, equivariant)" in line]
     assert len(rows) == 2

@@ -5,13 +5,18 @@ Report folder (``<paths.output_dir>/report``, written whole or not at all)::
     report.md                         what was compared, every table, every figure
     tables/{gfre,lfre,nonlinear}_<kind>.{csv,json}   ordered-pair matrices (row X -> column Y)
     tables/probes.csv, tables/cpd.csv, tables/cumulants.csv
+    tables/anchors_<kind>.{json,csv}                  common space: the anchor atoms (reusable)
+    tables/{mutual_knn,cka,procrustes}_{common,raw}_<kind>.{csv,json}, ot_common_<kind>.*
+    tables/atypicality_<kind>.csv, atypicality_atoms_<kind>.csv   per structure, per atom
     figures/{gfre,lfre,nonlinear}_<kind>.png          annotated heatmaps
+    figures/{mutual_knn,cka,procrustes,ot}_*_<kind>.png   common-space alignment heatmaps
     figures/pcovr_<kind>.png                          PCovR maps coloured by the target
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 from pathlib import Path
@@ -21,7 +26,22 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mlipprobe import reporting
-from mlipprobe.analysis import composition_matrix, cpd_scores, gfre, lfre, structure_cumulants
+from mlipprobe.analysis import (
+    anchor_project,
+    atypicality,
+    composition_matrix,
+    cpd_scores,
+    direct_anchors,
+    gfre,
+    knn,
+    knn_overlap,
+    lfre,
+    linear_cka,
+    ot_cost,
+    procrustes_error,
+    structure_atypicality,
+    structure_cumulants,
+)
 from mlipprobe.comparison import (
     EmbeddingSet,
     check_same_atoms,
@@ -29,7 +49,7 @@ from mlipprobe.comparison import (
     load_embedding_sets,
     pair_matrix,
 )
-from mlipprobe.io import atomic_directory
+from mlipprobe.io import atomic_directory, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +91,17 @@ def load_targets(sets: list[EmbeddingSet], structure_index: np.ndarray, cfg: Dic
     return per_structure, per_atom, vectors
 
 
-def reconstruction_section(sets, kind, rows, cfg, output_dir: Path) -> list[str]:
+def reconstruction_section(sets, kind, rows, cfg, output_dir: Path, names=None) -> list[str]:
+    """GFRE/LFRE/nonlinear matrices: ``names`` (default: those switched on in ``cfg.reconstruction``)."""
     labels = [s.label for s in sets]
+    names = [n for n in ("gfre", "lfre", "nonlinear") if cfg.reconstruction[n]] if names is None else list(names)
     measures = {}
-    if cfg.reconstruction.gfre:
+    if "gfre" in names:
         measures["gfre"] = ("GFRE", lambda x, y: gfre(x, y))
-    if cfg.reconstruction.lfre:
+    if "lfre" in names:
         k = cfg.reconstruction.n_local_points
         measures["lfre"] = ("LFRE", lambda x, y: lfre(x, y, k))
-    if cfg.reconstruction.nonlinear:
+    if "nonlinear" in names:
         from mlipprobe.probes.fit import reconstruction_error
 
         hidden = list(cfg.reconstruction.hidden)
@@ -238,6 +260,185 @@ def pcovr_figure(sets, kind, structure_index, y, target, cfg, path: Path) -> Pat
     return path
 
 
+# --- common latent space: anchors, alignment, atypicality ----------------------------------
+class AnchorMismatchError(ValueError):
+    """A saved anchors file whose atoms are not the atoms of these embedding files."""
+
+
+def reference_set(sets: list[EmbeddingSet], label: str | None) -> EmbeddingSet:
+    """The checkpoint that chooses the anchors: ``label``, else the parent, else the first."""
+    if label is None:
+        return next((s for s in sets if s.attrs.get("role") == "parent"), sets[0])
+    for entry in sets:
+        if entry.label == label:
+            return entry
+    raise ValueError(f"common_space.reference='{label}' is none of the checkpoints {[s.label for s in sets]}")
+
+
+def anchor_record(anchors, reference: EmbeddingSet, kind: str, structure_index, numbers) -> dict:
+    """What identifies the anchor atoms, for ``common_space.anchors=`` in a later run."""
+    return {"reference": reference.label, "checkpoint": str(reference.attrs.get("checkpoint", "")),
+            "checkpoint_sha256": str(reference.attrs.get("checkpoint_sha256", "")), "features": kind,
+            "dataset": str(reference.attrs.get("dataset", "")), "n_atoms": len(structure_index),
+            "anchors": [{"row": int(r), "structure_index": int(structure_index[r]), "atomic_number": int(numbers[r])}
+                        for r in anchors]}
+
+
+def load_anchor_rows(path: str | Path, structure_index: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+    """Rows of a saved anchors file; refused unless every anchor is the same atom here."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Anchors file {path} (common_space.anchors) does not exist")
+    try:
+        anchors = json.loads(path.read_text())["anchors"]
+        rows = np.array([int(a["row"]) for a in anchors], dtype=np.int64)
+        saved = [(int(a["structure_index"]), int(a["atomic_number"])) for a in anchors]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not an anchors file written by probe.py (tables/anchors_<kind>.json): {error!r}") from None
+    for i, (row, (structure, z)) in enumerate(zip(rows, saved)):
+        if not 0 <= row < len(structure_index):
+            raise AnchorMismatchError(f"{path}: anchor {i} is row {row} but the embeddings have {len(structure_index)} "
+                                      "atoms: these anchors were chosen on other atoms")
+        if (structure_index[row], numbers[row]) != (structure, z):
+            raise AnchorMismatchError(
+                f"{path}: anchor {i} (row {row}) is atom Z={z} of structure {structure}, but row {row} here is "
+                f"Z={numbers[row]} of structure {structure_index[row]}: these anchors were chosen on other atoms")
+    return rows
+
+
+def write_anchors(record: dict, path: Path) -> None:
+    with atomic_path(path.with_suffix(".json")) as temporary:
+        temporary.write_text(json.dumps(record, indent=1))
+    with atomic_path(path.with_suffix(".csv")) as temporary:
+        _write_rows([{"anchor": i, **a} for i, a in enumerate(record["anchors"])], temporary)
+
+
+def symmetric_matrix(n: int, measure, diagonal: float | None = None) -> np.ndarray:
+    """``M[i, j] = M[j, i] = measure(i, j)`` for a symmetric measure; the diagonal is
+    computed too (a check) unless its value is known by definition."""
+    matrix = np.full((n, n), np.nan if diagonal is None else diagonal)
+    for i in range(n):
+        for j in range(i if diagonal is None else i + 1, n):
+            matrix[i, j] = matrix[j, i] = measure(i, j)
+    return matrix
+
+
+def alignment_matrices(raw: list[np.ndarray], common: list[np.ndarray], cfg: DictConfig) -> dict:
+    """Pair measures between checkpoints, in the common space and in the raw spaces.
+
+    ``{name: (title, matrix)}``, names ending in the space; OT only in the common space (the raw
+    spaces of different models are not one space).
+    """
+    cs = cfg.common_space
+    out = {}
+    for space, features in (("common", common), ("raw", raw)):
+        neighbours = [knn(x, None, cs.k)[1] for x in features]
+        out[f"mutual_knn_{space}"] = (f"mutual {cs.k}-NN overlap, {space} space", symmetric_matrix(
+            len(features), lambda i, j: float(knn_overlap(neighbours[i], neighbours[j]).mean())))
+        out[f"cka_{space}"] = (f"linear CKA, {space} space",
+                               symmetric_matrix(len(features), lambda i, j: linear_cka(features[i], features[j])))
+        out[f"procrustes_{space}"] = (f"Procrustes residual, {space} space", symmetric_matrix(
+            len(features), lambda i, j: procrustes_error(features[i], features[j])))
+    n_ot = min(cs.ot.max_atoms, len(common[0]))
+    subset = np.sort(np.random.default_rng(cfg.seed).choice(len(common[0]), n_ot, replace=False))
+    out["ot_common"] = (f"OT cost ({cs.ot.method}, {n_ot} atoms), common space", symmetric_matrix(
+        len(common), lambda i, j: ot_cost(common[i][subset], common[j][subset], method=cs.ot.method,
+                                          reg=cs.ot.reg, exact_max=cs.ot.exact_max), diagonal=0.0))
+    return out
+
+
+def atypicality_scores(common: list[np.ndarray], structure_index: np.ndarray, cfg: DictConfig) -> np.ndarray:
+    """Per-atom atypicality (n_checkpoints, n_atoms), cross-fitted over structure folds.
+
+    The structures are split into ``folds``; each fold's atoms are scored against the
+    other folds' atoms (at most ``reference_atoms`` of them, seeded) as the reference manifold.
+    """
+    cs = cfg.common_space
+    rng = np.random.default_rng(cfg.seed)
+    structures, inverse = np.unique(structure_index, return_inverse=True)
+    fold = rng.permutation(len(structures))[inverse] % cs.atypicality.folds
+    scores = np.zeros((len(common), len(structure_index)))
+    for f in range(cs.atypicality.folds):
+        query, reference = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        if len(reference) > cs.atypicality.reference_atoms:
+            reference = np.sort(rng.choice(reference, cs.atypicality.reference_atoms, replace=False))
+        for c, features in enumerate(common):
+            scores[c, query] = atypicality(features[reference], features[query], cs.k)
+    return scores
+
+
+def atypicality_table(sets, kind, scores, structure_index, numbers, reference: int, output_dir: Path, top: int):
+    """Per-atom and per-structure tables; markdown rows of the ``top`` most atypical structures."""
+    from ase import Atoms
+
+    labels = [s.label for s in sets]
+    _write_rows([{"row": i, "structure_index": int(structure_index[i]), "atomic_number": int(numbers[i]),
+                  **{label: float(scores[c, i]) for c, label in enumerate(labels)}} for i in range(len(numbers))],
+                output_dir / "tables" / f"atypicality_atoms_{kind}.csv")
+    per_structure = np.array([structure_atypicality(s, structure_index)[1] for s in scores])
+    structures, counts = np.unique(structure_index, return_counts=True)
+    rows = [{"structure": int(s), "formula": Atoms(numbers=numbers[structure_index == s]).get_chemical_formula(),
+             "atoms": int(n), **{label: float(per_structure[c, i]) for c, label in enumerate(labels)}}
+            for i, (s, n) in enumerate(zip(structures, counts))]
+    _write_rows(rows, output_dir / "tables" / f"atypicality_{kind}.csv")
+    return sorted(rows, key=lambda row: -row[labels[reference]])[:top]
+
+
+def common_space_section(sets, kind, structure_index, numbers, rows, targets, cfg, output_dir: Path):
+    """Anchors, projections, alignment heatmaps, atypicality; probes on projected features.
+
+    Returns the report lines and the probe/CPD rows on the projected features.
+    """
+    cs = cfg.common_space
+    reference = reference_set(sets, cs.reference)
+    raw = [invariant_features(kind, s.features(kind)) for s in sets]
+    if cs.anchors:
+        anchors, origin = load_anchor_rows(cs.anchors, structure_index, numbers), f"reused from `{cs.anchors}`"
+    else:
+        log.info("DIRECT anchors (%d) on %s features of %s", cs.n_anchors, kind, reference.label)
+        candidates = np.arange(len(structure_index)) if rows is None else rows
+        anchors = candidates[direct_anchors(raw[sets.index(reference)][candidates], cs.n_anchors)]
+        origin = f"chosen by DIRECT sampling on `{reference.label}`"
+    write_anchors(anchor_record(anchors, reference, kind, structure_index, numbers), output_dir / "tables" / f"anchors_{kind}")
+    common_kind = f"common_{kind}"
+    projected = [EmbeddingSet(s.label, s.path, s.attrs, {common_kind: anchor_project(x, anchors)}) for s, x in zip(sets, raw)]
+    common = [p.features(common_kind) for p in projected]
+    lines = [f"### Common latent space: `{kind}` features", "",
+             f"Every checkpoint's atoms are projected onto their cosine similarities to the same {len(anchors)} anchor "
+             f"atoms ({origin}; `tables/anchors_{kind}.json`, reuse with `common_space.anchors=`). In that space models "
+             f"of any width can be compared: mutual {cs.k}-NN overlap and linear CKA (1 = same geometry), Procrustes "
+             "residual and optimal-transport cost (0 = same). The raw-space versions need no anchors."
+             + ("" if rows is None else f" Measured on the {len(rows)}-atom subset."), ""]
+    log.info("Common-space alignment of %d checkpoints on %s features", len(sets), kind)
+    labels = [s.label for s in sets]
+    chosen = slice(None) if rows is None else rows
+    images, tables = {"common": [], "raw": []}, []
+    for name, (title, matrix) in alignment_matrices([x[chosen] for x in raw], [z[chosen] for z in common], cfg).items():
+        reporting.write_matrix(matrix, labels, output_dir / "tables" / f"{name}_{kind}")
+        figure = reporting.heatmap(matrix, labels, f"{title}, {kind}", output_dir / "figures" / f"{name}_{kind}.png",
+                                   axis_labels=("checkpoint", "checkpoint"))
+        images[name.rsplit("_", 1)[1]].append(f"![{name} {kind}](figures/{figure.name})")
+        if name == "mutual_knn_common":
+            tables = [f"Mutual {cfg.common_space.k}-NN overlap in the common space:", "",
+                      reporting.matrix_table(matrix, labels), ""]
+    lines += [" ".join(images["common"]), "", "Raw spaces (no anchors; OT needs one space):", "",
+              " ".join(images["raw"]), "", *tables]
+    scores = atypicality_scores(common, structure_index, cfg)
+    top = atypicality_table(sets, kind, scores, structure_index, numbers, sets.index(reference), output_dir,
+                            cs.atypicality.top)
+    lines += [f"Most atypical structures in the common space, sorted by `{reference.label}`: the mean over a "
+              f"structure's atoms of their mean {cs.k}-NN distance to the atoms of other structures (cross-fitted over "
+              f"{cs.atypicality.folds} folds), z-scored by the same distances among those reference atoms; ~0 is typical. "
+              f"All structures in `tables/atypicality_{kind}.csv`, every atom in `tables/atypicality_atoms_{kind}.csv`.",
+              "", reporting.markdown_table(top), ""]
+    if cs.reconstruction:
+        lines += reconstruction_section(projected, common_kind, rows, cfg, output_dir, names=cs.reconstruction)
+    probes, cpd = [], []
+    if cs.probes and targets and cfg.probes.enabled:
+        probes, cpd = probe_rows(projected, common_kind, structure_index, numbers, targets, cfg)
+    return lines, probes, cpd
+
+
 def probe(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Compare all embedding files of ``cfg.inputs``; write tables, figures, report.md."""
     report_dir = Path(cfg.paths.output_dir) / "report"
@@ -282,6 +483,11 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
     for kind in cfg.features:
         lines += [f"## `{kind}` features", ""]
         lines += reconstruction_section(sets, kind, rows, cfg, output_dir)
+        if cfg.common_space.enabled:
+            section, probes, cpd = common_space_section(sets, kind, structure_index, numbers, rows, targets, cfg, output_dir)
+            lines += section
+            probe_table += probes
+            cpd_table += cpd
         if targets and cfg.probes.enabled:
             probes, cpd = probe_rows(sets, kind, structure_index, numbers, targets, cfg)
             probe_table += probes
