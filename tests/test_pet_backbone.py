@@ -81,6 +81,20 @@ def test_forces_and_stress_are_gradients_of_the_energy(tmp_path):
         with torch.no_grad():
             return float(backbone(backbone.collate_graphs([backbone.atoms_to_graph(a)])).energy)
 
+    # the per-element baseline is the least-squares fit, it is what metatrain's composition
+    # model adds, and it survives a save/load round trip
+    from metatomic.torch import ModelOutput
+
+    from mlipprobe.data.statistics import composition_matrix, energy_statistics
+
+    stats = energy_statistics(structures, 4.0)
+    expected = composition_matrix(structures, stats["atomic_numbers"]) @ np.array(stats["atomic_energies"])
+    again = load_backbone(backbone.save(tmp_path / "pet.pt"), dtype="float64")
+    for model in (backbone, again):
+        systems = model.collate_graphs([model.atoms_to_graph(a) for a in structures]).systems
+        baseline = model.model.additive_models[0](systems, {"energy": ModelOutput(sample_kind="system")})
+        np.testing.assert_allclose(baseline["energy"].block().values.reshape(-1).numpy(), expected, rtol=1e-10)
+    assert float(our_outputs(again, [atoms]).energy) == pytest.approx(energy(atoms), abs=1e-9)
     step = 1e-4
     moved = [atoms.copy() for _ in range(2)]
     moved[0].positions[1, 2] += step
@@ -206,3 +220,26 @@ def test_pet_scratch_reinitializes_weights_and_keeps_composition(parent):
         assert not same, f"not re-initialised: {sorted(same)[:3]}"
     composition = "model.additive_models.0.energy_composition_buffer"
     assert torch.equal(dict(backbone.named_buffers())[composition], dict(parent.named_buffers())[composition])
+
+
+def test_exported_model_embeds_through_the_entry_point_and_refuses_training(tmp_path):
+    from mlipprobe.tasks import ConfigError, embed, train
+    from tests.test_train_entry import compose_train
+
+    exported = tmp_path / "parent.pt"
+    subprocess.run([sys.executable, "-m", "metatrain", "export", str(PARENT), "-o", str(exported)],
+                   check=True, cwd=tmp_path, capture_output=True)
+    overrides = ["backbone=pet", f"backbone.checkpoint={exported}"]
+    with pytest.raises(ConfigError, match=r"parent\.pt is an exported model: it can be embedded \(task=embed\) but not trained"):
+        train(compose_train(tmp_path / "train", overrides))
+    assert not list((tmp_path / "train").glob("**/*.h5")) and not list((tmp_path / "train").glob("checkpoints/*"))
+    output = tmp_path / "parent.h5"
+    embed(compose_train(tmp_path / "embed", [*overrides, "task=embed", f"embed.output={output}"]))
+    from mlipprobe.embeddings import read_embeddings
+
+    written = read_embeddings(output)
+    structures = ase.io.read(ROOT / "data" / "qm9_demo.extxyz", ":40")
+    test_rows = np.isin(written["structure_index"], [a.info.get("structure_index", i) for i, a in enumerate(structures)])
+    assert written["attrs"]["backbone"] == "pet" and test_rows.all()
+    reference = load_backbone(PARENT, trusted=True).embed([structures[i] for i in np.unique(written["structure_index"])])
+    np.testing.assert_allclose(written["features"]["backbone"], reference["backbone"], atol=1e-4)

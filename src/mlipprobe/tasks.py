@@ -79,6 +79,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     backbone = hydra.utils.instantiate(cfg.backbone, structures=train_structures)
     strategy = hydra.utils.instantiate(cfg.strategy)
     backbone.check_elements(datamodule.structures, source=datamodule.path)
+    if not backbone.trainable:
+        raise ConfigError(
+            f"{backbone.source} is an exported model: it can be embedded (task=embed) but not "
+            "trained. Fine-tune the checkpoint it was exported from (a metatrain .ckpt) instead."
+        )
     outputs: dict[str, Any] = {}
     if cfg.embed.parent and cfg.backbone.get("checkpoint"):
         outputs["parent_embeddings"] = _embed(

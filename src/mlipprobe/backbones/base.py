@@ -90,6 +90,8 @@ class Backbone(nn.Module):
 
     kind: str = "base"
     export_suffix: str | None = None
+    #: False for models that can only be evaluated (exported TorchScript): embedding only.
+    trainable: bool = True
 
     def __init__(self) -> None:
         super().__init__()

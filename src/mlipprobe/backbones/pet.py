@@ -286,10 +286,13 @@ class PetBackbone(Backbone):
 
         stats = energy_statistics(structures, self.model.cutoff, self.atomic_numbers)
         weights = dict(zip(stats["atomic_numbers"], stats["atomic_energies"]))
-        self.model.additive_models[0].model.fit(
-            fixed_weights={self.energy_target: weights}, targets_to_fit=[self.energy_target]
-        )
-        self._sync_buffers()
+        import metatensor.torch as mts
+
+        composition = self.model.additive_models[0]
+        composition.model.fit(fixed_weights={self.energy_target: weights}, targets_to_fit=[self.energy_target])
+        fitted = composition.model.weights[self.energy_target].to("cpu", torch.float64)
+        buffer = mts.save_buffer(mts.make_contiguous(fitted))  # as metatrain's composition trainer
+        composition.register_buffer(f"{self.energy_target}_composition_buffer", buffer)
 
     # --- data --------------------------------------------------------------------------
     @property
@@ -483,6 +486,7 @@ class ExportedPetBackbone(Backbone):
     """An exported (TorchScript) metatomic model: features only, it cannot be trained."""
 
     kind = "pet"
+    trainable = False
 
     def __init__(self, model, source: Path) -> None:
         super().__init__()
