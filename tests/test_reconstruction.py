@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -304,15 +306,19 @@ def test_duplicated_columns_match_skmatter():
 
 
 def test_batched_eigendecomposition_restores_the_thread_count():
+    """Even with callers in several threads: the slices run with one torch thread each."""
     A = torch.randn(9, 5, 5, dtype=torch.float64)
     A = A @ A.mT
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        values, vectors = _eigh(A)
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(_eigh, [A] * 8))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+    values, vectors = results[-1]
+    assert all(torch.equal(values, other[0]) for other in results)
     expected = torch.linalg.eigh(A)
     np.testing.assert_allclose(values.numpy(), expected.eigenvalues.numpy(), rtol=1e-12)
     reconstructed = vectors @ torch.diag_embed(values) @ vectors.mT

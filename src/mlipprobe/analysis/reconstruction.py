@@ -24,6 +24,7 @@ References
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property, lru_cache, partial
@@ -402,6 +403,7 @@ def reconstruction_split(
 #: Relative accuracy required of a squared singular value read off a Gram matrix;
 #: smaller ones are "unresolved" (see :class:`_GramSpectrum`).
 _GRAM_RELATIVE_ACCURACY = 1e-7
+_THREAD_COUNT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -763,16 +765,17 @@ def _batched_lapack(function, A):
     Threading inside each small LAPACK call gains little, and its busy-waiting threads
     slow it down a hundredfold when other processes share the cores.
     """
-    n_threads = torch.get_num_threads()
-    if A.device.type != "cpu" or n_threads == 1 or len(A) == 1:
+    if A.device.type != "cpu" or torch.get_num_threads() == 1 or len(A) == 1:
         return function(A)
-    slices = A.tensor_split(min(n_threads, len(A)))
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(len(slices)) as pool:
-            results = list(pool.map(function, slices))
-    finally:
-        torch.set_num_threads(n_threads)
+    with _THREAD_COUNT_LOCK:  # the thread count is global: one caller at a time changes it
+        n_threads = torch.get_num_threads()
+        slices = A.tensor_split(min(n_threads, len(A)))
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(len(slices)) as pool:
+                results = list(pool.map(function, slices))
+        finally:
+            torch.set_num_threads(n_threads)
     return tuple(torch.cat(parts) for parts in zip(*results))
 
 
