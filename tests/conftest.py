@@ -24,6 +24,8 @@ TINY_MACE = dict(
     correlation=2,
     radial_MLP=[16, 16],
 )
+TINY_PET = dict(cutoff=4.0, d_pet=16, d_head=16, d_node=32, d_feedforward=32, num_heads=2,
+                num_attention_layers=1, num_gnn_layers=2)
 
 
 @pytest.fixture(scope="session")

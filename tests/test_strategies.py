@@ -14,7 +14,7 @@ from mlipprobe.backbones import build_backbone
 from mlipprobe.data.datamodule import AtomsDataModule
 from mlipprobe.strategies import Strategy, StrategyError
 from mlipprobe.training import PotentialModule, head_specs
-from tests.conftest import TINY_MACE
+from tests.conftest import TINY_MACE, TINY_PET
 from tests.helpers.emt_data import make_emt_dataset
 
 STRATEGIES = {
@@ -37,6 +37,12 @@ def emt_file(tmp_path_factory):
 def parent(emt_file):
     datamodule = AtomsDataModule(emt_file, ENERGY_KEYS, {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
     return build_backbone(hypers=TINY_MACE, structures=datamodule.split("train"), dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def pet_parent(emt_file):
+    datamodule = AtomsDataModule(emt_file, ENERGY_KEYS, {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
+    return build_backbone(kind="pet", hypers=TINY_PET, structures=datamodule.split("train"), dtype="float64")
 
 
 def datamodule_for(path, keys, batch_size=4):
@@ -69,6 +75,7 @@ def changed(before, after, group):
     return {n for n, p in after[group].items() if n in before[group] and not torch.equal(p, before[group][n])}
 
 
+@pytest.mark.parametrize("kind", ["mace", "pet"])
 @pytest.mark.parametrize(
     ("name", "keys", "frozen", "trained"),
     [
@@ -78,19 +85,23 @@ def changed(before, after, group):
         ("transfer_head", TARGET_KEYS, ["backbone", "heads"], ["new_heads"]),
     ],
 )
-def test_frozen_groups_stay_bit_identical_and_trained_groups_move(parent, emt_file, name, keys, frozen, trained):
-    backbone = copy.deepcopy(parent)
+def test_frozen_groups_stay_bit_identical_and_trained_groups_move(request, emt_file, kind, name, keys, frozen, trained):
+    backbone = copy.deepcopy(request.getfixturevalue("parent" if kind == "mace" else "pet_parent"))
     datamodule = datamodule_for(emt_file, keys)
     strategy = STRATEGIES[name]
     strategy.prepare(backbone, head_specs(datamodule.keys, datamodule.split("train")))
     before = snapshot(backbone)
-    fit(backbone, strategy, datamodule, prepare=False)
+    buffers = {k: v.clone() for k, v in backbone.named_buffers() if "new_heads" not in k}
+    fit(backbone, strategy, datamodule, epochs=1 if kind == "pet" else 2, prepare=False)
     after = snapshot(backbone)
     for group in frozen:
         assert not changed(before, after, group), f"{name}: {group} moved"
         assert all(not p.requires_grad for p in after[group].values())
     for group in trained:
         assert changed(before, after, group), f"{name}: {group} did not train"
+    for key, value in backbone.named_buffers():  # statistics (E0s, PET's composition and scaler) are not trained
+        if key in buffers:
+            assert torch.equal(value, buffers[key]), key
 
 
 def test_scratch_reinitializes_every_weight(parent, emt_file):
