@@ -13,6 +13,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 from sklearn.neighbors import NearestNeighbors
 
 from mlipprobe.analysis import (
+    alignment_matrices,
     anchor_project,
     atypicality,
     direct_anchors,
@@ -198,6 +199,18 @@ def test_procrustes_error_matches_scipy_and_zero_padding():
     assert procrustes_error(narrow, B) == pytest.approx(procrustes_error(B, narrow), rel=1e-10)
     nuclear = np.linalg.svd(normalise(narrow).T @ normalise(B), compute_uv=False).sum()
     assert procrustes_error(narrow, B) == pytest.approx(np.sqrt(2 - 2 * nuclear), rel=1e-8)
+
+
+def test_alignment_matrices_equal_the_pairwise_measures():
+    models = [latent_features(300, dim=24, seed=0), latent_features(300, dim=40, seed=5), latent_features(300, dim=8, seed=7)]
+    models.append(2.0 * models[0] @ rotation(24))
+    matrices = alignment_matrices(models, 7)
+    for i, A in enumerate(models):
+        for j, B in enumerate(models):
+            assert matrices["mutual_knn"][i, j] == pytest.approx(mutual_knn(A, B, 7))
+            assert matrices["cka"][i, j] == pytest.approx(linear_cka(A, B), rel=1e-10)
+            assert matrices["procrustes"][i, j] == pytest.approx(procrustes_error(A, B), abs=1e-7)
+    assert np.all(np.diag(matrices["procrustes"]) == 0) and matrices["procrustes"][0, 3] < 1e-7
 
 
 def test_ot_cost_is_the_optimal_assignment_and_sees_a_translation():

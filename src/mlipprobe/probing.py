@@ -27,18 +27,15 @@ from omegaconf import DictConfig
 
 from mlipprobe import reporting
 from mlipprobe.analysis import (
+    alignment_matrices,
     anchor_project,
     atypicality,
     composition_matrix,
     cpd_scores,
     direct_anchors,
     gfre,
-    knn,
-    knn_overlap,
     lfre,
-    linear_cka,
     ot_cost,
-    procrustes_error,
     structure_atypicality,
     structure_cumulants,
 )
@@ -323,22 +320,18 @@ def symmetric_matrix(n: int, measure, diagonal: float | None = None) -> np.ndarr
     return matrix
 
 
-def alignment_matrices(raw: list[np.ndarray], common: list[np.ndarray], cfg: DictConfig) -> dict:
+def pair_measures(raw: list[np.ndarray], common: list[np.ndarray], cfg: DictConfig) -> dict:
     """Pair measures between checkpoints, in the common space and in the raw spaces.
 
-    ``{name: (title, matrix)}``, names ending in the space; OT only in the common space (the raw
-    spaces of different models are not one space).
+    ``{name: (title, matrix)}``, names ending in the space; OT only in the common space
+    (the raw spaces of different models are not one space).
     """
     cs = cfg.common_space
+    titles = {"mutual_knn": f"mutual {cs.k}-NN overlap", "cka": "linear CKA", "procrustes": "Procrustes residual"}
     out = {}
     for space, features in (("common", common), ("raw", raw)):
-        neighbours = [knn(x, None, cs.k)[1] for x in features]
-        out[f"mutual_knn_{space}"] = (f"mutual {cs.k}-NN overlap, {space} space", symmetric_matrix(
-            len(features), lambda i, j: float(knn_overlap(neighbours[i], neighbours[j]).mean())))
-        out[f"cka_{space}"] = (f"linear CKA, {space} space",
-                               symmetric_matrix(len(features), lambda i, j: linear_cka(features[i], features[j])))
-        out[f"procrustes_{space}"] = (f"Procrustes residual, {space} space", symmetric_matrix(
-            len(features), lambda i, j: procrustes_error(features[i], features[j])))
+        for name, matrix in alignment_matrices(features, cs.k).items():
+            out[f"{name}_{space}"] = (f"{titles[name]}, {space} space", matrix)
     n_ot = min(cs.ot.max_atoms, len(common[0]))
     subset = np.sort(np.random.default_rng(cfg.seed).choice(len(common[0]), n_ot, replace=False))
     out["ot_common"] = (f"OT cost ({cs.ot.method}, {n_ot} atoms), common space", symmetric_matrix(
@@ -413,7 +406,7 @@ def common_space_section(sets, kind, structure_index, numbers, rows, targets, cf
     labels = [s.label for s in sets]
     chosen = slice(None) if rows is None else rows
     images, tables = {"common": [], "raw": []}, []
-    for name, (title, matrix) in alignment_matrices([x[chosen] for x in raw], [z[chosen] for z in common], cfg).items():
+    for name, (title, matrix) in pair_measures([x[chosen] for x in raw], [z[chosen] for z in common], cfg).items():
         reporting.write_matrix(matrix, labels, output_dir / "tables" / f"{name}_{kind}")
         figure = reporting.heatmap(matrix, labels, f"{title}, {kind}", output_dir / "figures" / f"{name}_{kind}.png",
                                    axis_labels=("checkpoint", "checkpoint"))

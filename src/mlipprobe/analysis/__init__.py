@@ -1,6 +1,7 @@
 """Closed-form analyses of per-atom features: reconstruction errors, cumulants, CPD, common space."""
 
 from mlipprobe.analysis.common_space import (
+    alignment_matrices,
     anchor_project,
     atypicality,
     direct_anchors,
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_ALPHAS",
     "DEFAULT_RANDOM_STATE",
     "PROBES",
+    "alignment_matrices",
     "anchor_project",
     "atypicality",
     "composition_matrix",

@@ -45,6 +45,7 @@ import torch
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "alignment_matrices",
     "anchor_project",
     "atypicality",
     "direct_anchors",
@@ -320,6 +321,48 @@ def procrustes_error(A, B, *, device=None, dtype=torch.float64) -> float:
     A, B = A / torch.linalg.matrix_norm(A), B / torch.linalg.matrix_norm(B)
     U, _, Vh = torch.linalg.svd(A.T @ B, full_matrices=False)
     return float(torch.linalg.matrix_norm(A @ (U @ Vh) - B))
+
+
+def _centred_unit(X, device, dtype) -> torch.Tensor:
+    X = _tensor(X, device, dtype)
+    X = X - X.mean(0)
+    return X / torch.linalg.matrix_norm(X)
+
+
+def alignment_matrices(features: Sequence, k: int = 10, *, device=None) -> dict[str, np.ndarray]:
+    r"""Mutual kNN, linear CKA and Procrustes residual between every pair of models.
+
+    ``features``: one (n_atoms, d_m) array per model, the same atoms in every one (widths
+    may differ). Each model's neighbour lists, centring and norms are computed once; the
+    pair terms are then one product each:
+
+    .. math::
+        \mathrm{CKA}_{ij} = rac{\lVert \mathbf{X}_j^T \mathbf{X}_i Vert_F^2}
+        {\lVert \mathbf{X}_i^T \mathbf{X}_i Vert_F \lVert \mathbf{X}_j^T \mathbf{X}_j Vert_F},
+        \qquad
+        P_{ij} = \sqrt{2 - 2 \lVert \hat{\mathbf{X}}_i^T \hat{\mathbf{X}}_j Vert_*}
+
+    (centred :math:`\mathbf{X}`; unit-norm :math:`\hat{\mathbf{X}}`), the same values
+    as :func:`linear_cka` and :func:`procrustes_error` (the latter up to rounding of
+    order :math:`10^{-8}` near 0; the diagonal is 0 by definition). Returns
+    ``{"mutual_knn": M, "cka": M, "procrustes": M}``, each (n_models, n_models), symmetric.
+    """
+    unit = [_centred_unit(X, device, torch.float64) for X in features]
+    for X in unit[1:]:
+        _same_rows(unit[0], X)
+    neighbours = [knn(X, None, k)[1] for X in unit]  # centring and scaling keep the neighbours
+    gram = [torch.linalg.matrix_norm(X.T @ X) for X in unit]
+    n = len(unit)
+    out = {name: np.eye(n) if name != "procrustes" else np.zeros((n, n)) for name in ("mutual_knn", "cka", "procrustes")}
+    for i in range(n):
+        for j in range(i + 1, n):
+            cross = unit[i].T @ unit[j].to(unit[i].device)
+            values = {"mutual_knn": float(knn_overlap(neighbours[i], neighbours[j]).mean()),
+                      "cka": float(torch.linalg.matrix_norm(cross) ** 2 / (gram[i] * gram[j])),
+                      "procrustes": float(torch.sqrt(torch.clamp(2 - 2 * torch.linalg.svdvals(cross).sum(), min=0)))}
+            for name, value in values.items():
+                out[name][i, j] = out[name][j, i] = value
+    return out
 
 
 def ot_cost(A, B, *, method: str = "auto", reg: float = 0.1, exact_max: int = 3000) -> float:
