@@ -207,8 +207,11 @@ def test_train_task_saves_the_merged_model(tmp_path, backbone_kind, parent):
     structures = objects["datamodule"].split("test")[:4]
     trained = objects["backbone"].eval()
     assert not lora_parameters(trained)
-    for ours, saved in zip(predict(trained, structures), predict(reloaded, structures)):
-        torch.testing.assert_close(saved, ours, rtol=0, atol=0)
+    (energy, forces), (saved_energy, saved_forces) = predict(trained, structures), predict(reloaded, structures)
+    torch.testing.assert_close(saved_energy, energy, rtol=0, atol=0)
+    # the trained model's frozen weights do not require gradients and the reloaded one's do:
+    # autograd takes another path, which may change the forces' last bits (PET: ~1e-17)
+    torch.testing.assert_close(saved_forces, forces, rtol=1e-12, atol=1e-15)
 
 
 def test_cli_runs_strategy_lora(tmp_path, backbone_kind):

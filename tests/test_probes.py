@@ -24,6 +24,7 @@ def test_linear_head_gives_the_gfre_within_two_percent(nonlinear_pair):
     assert reconstruction_error(X, Y) == pytest.approx(closed_form, rel=0.02)
 
 
+@pytest.mark.slow  # ~40 s of MLP training on 2 cores; `make test-all` runs it
 def test_mlp_head_reconstructs_what_a_linear_map_cannot():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(3000, 3))
@@ -48,6 +49,7 @@ def test_probe_scores_are_cross_validated_and_in_target_units():
     assert scores["mae_mean"] < 0.1 * np.std(y)
 
 
+@pytest.mark.slow  # ~60 s of k-fold MLP training on 2 cores; `make test-all` runs it
 def test_mlp_probe_beats_the_linear_probe_on_a_nonlinear_target():
     rng = np.random.default_rng(3)
     X = rng.normal(size=(1200, 2))
