@@ -114,6 +114,14 @@ def test_common_space_section_saves_anchors_that_a_later_run_reuses(embedding_fo
     assert not (tmp_path / "c" / "report").exists()
 
 
+def test_unknown_common_space_measure_is_refused(embedding_folder, tmp_path):
+    with pytest.raises(ValueError, match=r"common_space.reconstruction: unknown measures \['gfr'\]"):
+        probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "features=[backbone]", "reconstruction.gfre=false",
+                                       "reconstruction.lfre=false", "reconstruction.nonlinear=false",
+                                       "common_space.reconstruction=[gfr]"]))
+    assert not (tmp_path / "report").exists()
+
+
 def test_reported_gfre_equals_the_closed_form_on_the_files(embedding_folder, tmp_path):
     from mlipprobe.analysis import gfre
 

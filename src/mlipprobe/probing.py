@@ -383,6 +383,9 @@ def common_space_section(sets, kind, structure_index, numbers, rows, targets, cf
     Returns the report lines and the probe/CPD rows on the projected features.
     """
     cs = cfg.common_space
+    unknown = set(cs.reconstruction) - {"gfre", "lfre", "nonlinear"}
+    if unknown:
+        raise ValueError(f"common_space.reconstruction: unknown measures {sorted(unknown)}; use gfre, lfre, nonlinear")
     reference = reference_set(sets, cs.reference)
     raw = [invariant_features(kind, s.features(kind)) for s in sets]
     if cs.anchors:
