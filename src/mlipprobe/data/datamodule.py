@@ -9,13 +9,31 @@ from typing import Any, Mapping
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from mlipprobe.data.readers import DataError, KeyMap, read_structures
 from mlipprobe.data.splits import resolve_splits
 from mlipprobe.io import sha256_of_file
 
 SPLITS = ("train", "val", "test")
+
+
+class EpochShuffler(RandomSampler):
+    """A random order that depends only on ``(seed, epoch)``: a run resumed from a checkpoint
+    sees the same batches as an uninterrupted one. Lightning calls ``set_epoch`` each epoch,
+    and under DDP replaces it by a ``DistributedSampler`` (it is a ``RandomSampler``)."""
+
+    def __init__(self, data_source, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
 
 
 @dataclass
@@ -116,7 +134,9 @@ class AtomsDataModule(L.LightningDataModule):
     keys : mapping
         Which labels to read and their keys in the file; see ``KeyMap.from_config``.
     splits : mapping
-        ``{fractions: {train: 0.8, val: 0.1, test: 0.1}, seed: 0}`` or
+        ``{fractions: {train: 0.8, val: 0.1, test: 0.1}, seed: 0}``,
+        ``{ranges: {train: [0.0, 0.8], val: [0.8, 0.9], test: [0.9, 1.0]}, seed: 0}`` (parts of
+        one seeded order, so that runs can use disjoint parts) or
         ``{train: idx.txt, val: idx.txt, test: idx.txt}`` (index files).
     batch_size, eval_batch_size : int
     num_workers : int
@@ -198,10 +218,11 @@ class AtomsDataModule(L.LightningDataModule):
         return self._datasets[name]
 
     def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
+        dataset = self.dataset(name)
         return DataLoader(
-            self.dataset(name),
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffler(dataset, seed=torch.initial_seed() % 2**62) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate, self.backbone, self.keys),
         )
