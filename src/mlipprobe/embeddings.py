@@ -11,6 +11,10 @@ File layout (one row per atom, in dataset order)::
 Attributes: ``backbone`` (kind), ``checkpoint``, ``checkpoint_sha256``, ``dataset``,
 ``dataset_sha256``, ``split``, ``strategy``, ``feature_names``, ``mlipprobe_version``.
 The file is written under a temporary name and renamed only when complete.
+
+Under DDP each rank writes the structures its sampler gave it to a part of its own; after a
+barrier rank 0 merges the parts into the same layout (each structure once, in dataset order;
+a sampler that pads repeats structures) and removes them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -30,6 +35,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 import mlipprobe
 from mlipprobe.backbones.base import FEATURE_KINDS, Backbone
 from mlipprobe.data.datamodule import Batch
+from mlipprobe.io import atomic_path
+
+INDEX_DATASETS = ("atomic_numbers", "structure_index")
 
 
 class EmbeddingModule(L.LightningModule):
@@ -55,33 +63,78 @@ class EmbeddingModule(L.LightningModule):
         }
 
 
-class HDF5EmbeddingWriter(BasePredictionWriter):
-    """Appends each predicted batch to an HDF5 file; memory does not grow with the data."""
+def _create_datasets(handle: h5py.File, features: Mapping[str, tuple[int, type]]) -> None:
+    """Empty, growable datasets; ``features`` maps each kind to its (width, dtype)."""
+    for kind, (width, dtype) in features.items():
+        handle.create_dataset(
+            f"features/{kind}", shape=(0, width), maxshape=(None, width), dtype=dtype, chunks=(4096, width)
+        )
+    for name in INDEX_DATASETS:
+        handle.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
 
-    def __init__(self, path: str | Path, attributes: Mapping | None = None) -> None:
+
+def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
+    start = dataset.shape[0]
+    dataset.resize(start + len(values), axis=0)
+    dataset[start:] = values
+
+
+class HDF5EmbeddingWriter(BasePredictionWriter):
+    """Appends each predicted batch to an HDF5 file; memory does not grow with the data.
+
+    Parameters
+    ----------
+    path : path
+        The embedding file.
+    attributes : mapping, optional
+        File attributes.
+    structure_order : sequence of int, optional
+        Structure indices in dataset order: the row order of a file merged from DDP ranks
+        (default: increasing structure index). Every one of them must have been embedded.
+    """
+
+    def __init__(
+        self, path: str | Path, attributes: Mapping | None = None, structure_order: Sequence[int] | None = None
+    ) -> None:
         super().__init__(write_interval="batch")
         self.path = Path(path)
         self.attributes = dict(attributes or {})
+        self.structure_order = None if structure_order is None else [int(i) for i in structure_order]
+        self.token = uuid.uuid4().hex[:12]  # names this run's DDP parts; rank 0's is broadcast
+        self.distributed = False
         self._file: h5py.File | None = None
         self._temporary: Path | None = None
 
-    def _open(self, prediction: dict) -> None:
+    def part_path(self, rank: int) -> Path:
+        return self.path.parent / f".{self.path.name}.{self.token}.rank{rank}.partial"
+
+    def remove_parts(self) -> None:
+        for part in self.path.parent.glob(f".{self.path.name}.{self.token}.rank*.partial"):
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.distributed = trainer.world_size > 1
+        if self.distributed:
+            self.token = trainer.strategy.broadcast(self.token)
+
+    def _open(self, prediction: dict, rank: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
-        os.close(handle)
-        self._temporary = Path(name)
+        if self.distributed:
+            self._temporary = self.part_path(rank)
+        else:
+            handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
+            os.close(handle)
+            self._temporary = Path(name)
         self._file = h5py.File(self._temporary, "w")
-        for kind, values in prediction["features"].items():
-            self._file.create_dataset(
-                f"features/{kind}", shape=(0, values.shape[1]), maxshape=(None, values.shape[1]),
-                dtype=np.float32 if values.dtype == torch.float32 else np.float64,
-                chunks=(4096, values.shape[1]),
-            )
-        for name in ("atomic_numbers", "structure_index"):
-            self._file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+        features = prediction["features"]
+        _create_datasets(self._file, {
+            kind: (values.shape[1], np.float32 if values.dtype == torch.float32 else np.float64)
+            for kind, values in features.items()
+        })
         attributes = {
             **self.attributes,
-            "feature_names": list(prediction["features"]),
+            "feature_names": list(features),
             "mlipprobe_version": mlipprobe.__version__,
         }
         for key, value in attributes.items():
@@ -89,23 +142,35 @@ class HDF5EmbeddingWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if self._file is None:
-            self._open(prediction)
+            self._open(prediction, trainer.global_rank)
         arrays = {f"features/{k}": v for k, v in prediction["features"].items()}
-        arrays["atomic_numbers"] = prediction["atomic_numbers"]
-        arrays["structure_index"] = prediction["structure_index"]
+        arrays.update({name: prediction[name] for name in INDEX_DATASETS})
         for name, values in arrays.items():
-            values = values.cpu().numpy()
-            dataset = self._file[name]
-            start = dataset.shape[0]
-            dataset.resize(start + len(values), axis=0)
-            dataset[start:] = values
+            _append(self._file[name], values.cpu().numpy())
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        if self.distributed:
+            self._merge_ranks(trainer)
+            return
         if self._file is None:
             raise RuntimeError(f"No structures were embedded; {self.path} was not written")
         self._file.close()
         os.replace(self._temporary, self.path)
         self._file = None
+
+    def _merge_ranks(self, trainer) -> None:
+        """Every rank closes its part; rank 0 merges them while the others wait."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        trainer.strategy.barrier("embedding_parts_written")
+        if trainer.is_global_zero:
+            parts = [p for p in map(self.part_path, range(trainer.world_size)) if p.is_file()]
+            try:
+                merge_parts(parts, self.path, self.structure_order)
+            finally:
+                self.remove_parts()
+        trainer.strategy.barrier("embeddings_merged")
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if self._file is not None:
@@ -116,6 +181,60 @@ class HDF5EmbeddingWriter(BasePredictionWriter):
                 os.remove(self._temporary)
 
 
+def merged_rows(structure_index: Sequence[np.ndarray], structure_order: Sequence[int] | None = None) -> np.ndarray:
+    """Rows of the concatenated parts that make one file: each structure once, from the
+    first part that holds it, in ``structure_order`` (default: increasing index), atoms in
+    their written order.
+
+    Parameters
+    ----------
+    structure_index : list of (n_rows_p,) int arrays
+        Per-atom structure index of each part; a part holds a structure at most once.
+    structure_order : sequence of int, optional
+        Every structure expected, in output order.
+
+    Returns
+    -------
+    (n_atoms,) int array of row numbers into ``np.concatenate(structure_index)``.
+    """
+    structure = np.concatenate(structure_index)
+    part = np.repeat(np.arange(len(structure_index)), [len(s) for s in structure_index])
+    present = np.unique(structure)
+    expected = present if structure_order is None else np.asarray(structure_order, dtype=np.int64)
+    missing = np.setdiff1d(expected, present)
+    unexpected = np.setdiff1d(present, expected)
+    if len(missing) or len(unexpected):
+        raise RuntimeError(
+            f"The DDP ranks embedded the wrong structures: missing {missing[:10].tolist()}, "
+            f"unexpected {unexpected[:10].tolist()}"
+        )
+    first_part = np.full(int(structure.max()) + 1, len(structure_index))
+    np.minimum.at(first_part, structure, part)
+    rows = np.flatnonzero(part == first_part[structure])
+    position = np.empty(int(structure.max()) + 1, dtype=np.int64)
+    position[expected] = np.arange(len(expected))
+    return rows[np.argsort(position[structure[rows]], kind="stable")]
+
+
+def merge_parts(parts: Sequence[Path], path: Path, structure_order: Sequence[int] | None = None) -> Path:
+    """Write the DDP ranks' parts as one embedding file (``merged_rows``), atomically; one
+    dataset of all parts (a feature kind of every atom) is in memory at a time."""
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(h5py.File(part, "r")) for part in parts]
+        if not handles:
+            raise RuntimeError(f"No structures were embedded; {path} was not written")
+        rows = merged_rows([h["structure_index"][()] for h in handles], structure_order)
+        first = handles[0]
+        features = {kind: first[f"features/{kind}"] for kind in first.attrs["feature_names"]}
+        with atomic_path(path) as temporary, h5py.File(temporary, "w") as merged:
+            _create_datasets(merged, {kind: (data.shape[1], data.dtype) for kind, data in features.items()})
+            for key, value in first.attrs.items():
+                merged.attrs[key] = value
+            for name in [*(f"features/{kind}" for kind in features), *INDEX_DATASETS]:
+                _append(merged[name], np.concatenate([h[name][()] for h in handles])[rows])
+    return Path(path)
+
+
 def write_embeddings(
     backbone: Backbone,
     datamodule,
@@ -124,7 +243,11 @@ def write_embeddings(
     attributes: Mapping | None = None,
     trainer_kwargs: Mapping | None = None,
 ) -> Path:
-    """Embed ``datamodule.embed_split`` with ``backbone`` and write ``path`` (HDF5)."""
+    """Embed ``datamodule.embed_split`` with ``backbone`` and write ``path`` (HDF5).
+
+    ``trainer_kwargs`` may make the predict loop distributed (``strategy``, ``devices``): the
+    file is then the same as with one process.
+    """
     attributes = {
         "backbone": backbone.kind,
         "checkpoint": backbone.source,
@@ -134,13 +257,18 @@ def write_embeddings(
         "split": datamodule.embed_split,
         **(attributes or {}),
     }
-    writer = HDF5EmbeddingWriter(path, attributes)
+    order = [atoms.info["structure_index"] for atoms in datamodule.split(datamodule.embed_split)]
+    writer = HDF5EmbeddingWriter(path, attributes, structure_order=order)
     kwargs = dict(logger=False, enable_checkpointing=False, enable_model_summary=False)
     kwargs.update(trainer_kwargs or {})
     kwargs["callbacks"] = [writer]
     trainer = L.Trainer(**kwargs)
     datamodule.attach(backbone)
-    trainer.predict(EmbeddingModule(backbone, features), datamodule=datamodule, return_predictions=False)
+    try:
+        trainer.predict(EmbeddingModule(backbone, features), datamodule=datamodule, return_predictions=False)
+    except BaseException:
+        writer.remove_parts()  # spawned ranks that died leave theirs behind
+        raise
     return Path(path)
 
 

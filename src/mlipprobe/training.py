@@ -164,7 +164,7 @@ class PotentialModule(L.LightningModule):
                 f"{self.global_step} ({detail}). Lower the learning rate or check the data."
             )
         self.log(f"{split}/loss", loss, on_epoch=True, on_step=split == "train",
-                 prog_bar=True, batch_size=batch.num_structures)
+                 prog_bar=True, batch_size=batch.num_structures, sync_dist=True)  # DDP: mean over ranks
         return loss
 
     def _log_epoch_metrics(self, split: str) -> None:
