@@ -2,11 +2,13 @@
 
     python probe.py                       # every embedding file under outputs/demo
     python probe.py inputs=multirun/...   # a sweep folder, a glob or a list of .h5 files
+    python probe.py experiment=pretraining_bias   # the report of `train.py -m experiment=pretraining_bias`
 
 `python probe.py --help` shows the options; the report goes to outputs/probe/<time>/.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -25,4 +27,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # train.py and probe.py share conf/, whose experiment/ holds training experiments:
+    # probe.py's `experiment=NAME` selects conf/probe_experiment/NAME.yaml
+    sys.argv = [f"probe_{a}" if a.startswith("experiment=") else a for a in sys.argv]
     main()

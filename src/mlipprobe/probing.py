@@ -15,7 +15,6 @@ Report folder (``<paths.output_dir>/report``, written whole or not at all)::
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from mlipprobe import reporting
+from mlipprobe import pretraining_bias, reporting
 from mlipprobe.analysis import (
     alignment_matrices,
     anchor_project,
@@ -49,14 +48,6 @@ from mlipprobe.comparison import (
 from mlipprobe.io import atomic_directory, atomic_path
 
 log = logging.getLogger(__name__)
-
-
-def _write_rows(rows: list[dict], path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def load_targets(sets: list[EmbeddingSet], structure_index: np.ndarray, cfg: DictConfig):
@@ -307,7 +298,7 @@ def write_anchors(record: dict, path: Path) -> None:
     with atomic_path(path.with_suffix(".json")) as temporary:
         temporary.write_text(json.dumps(record, indent=1))
     with atomic_path(path.with_suffix(".csv")) as temporary:
-        _write_rows([{"anchor": i, **a} for i, a in enumerate(record["anchors"])], temporary)
+        reporting.write_rows([{"anchor": i, **a} for i, a in enumerate(record["anchors"])], temporary)
 
 
 def symmetric_matrix(n: int, measure, diagonal: float | None = None) -> np.ndarray:
@@ -365,7 +356,7 @@ def atypicality_table(sets, kind, scores, structure_index, numbers, reference: i
     from ase import Atoms
 
     labels = [s.label for s in sets]
-    _write_rows([{"row": i, "structure_index": int(structure_index[i]), "atomic_number": int(numbers[i]),
+    reporting.write_rows([{"row": i, "structure_index": int(structure_index[i]), "atomic_number": int(numbers[i]),
                   **{label: float(scores[c, i]) for c, label in enumerate(labels)}} for i in range(len(numbers))],
                 output_dir / "tables" / f"atypicality_atoms_{kind}.csv")
     per_structure = np.array([structure_atypicality(s, structure_index)[1] for s in scores])
@@ -373,7 +364,7 @@ def atypicality_table(sets, kind, scores, structure_index, numbers, reference: i
     rows = [{"structure": int(s), "formula": Atoms(numbers=numbers[structure_index == s]).get_chemical_formula(),
              "atoms": int(n), **{label: float(per_structure[c, i]) for c, label in enumerate(labels)}}
             for i, (s, n) in enumerate(zip(structures, counts))]
-    _write_rows(rows, output_dir / "tables" / f"atypicality_{kind}.csv")
+    reporting.write_rows(rows, output_dir / "tables" / f"atypicality_{kind}.csv")
     return sorted(rows, key=lambda row: -row[labels[reference]])[:top]
 
 
@@ -438,8 +429,11 @@ def common_space_section(sets, kind, structure_index, numbers, rows, targets, cf
 def probe(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Compare all embedding files of ``cfg.inputs``; write tables, figures, report.md."""
     report_dir = Path(cfg.paths.output_dir) / "report"
+    writer = {"general": write_report, "pretraining_bias": pretraining_bias.write_report}.get(cfg.report)
+    if writer is None:
+        raise ValueError(f"report must be 'general' or 'pretraining_bias', got '{cfg.report}'")
     with atomic_directory(report_dir) as work:
-        sets = write_report(cfg, work)
+        sets = writer(cfg, work)
     log.info("Report written to %s", report_dir / "report.md")
     if cfg.wandb.enabled:
         reporting.log_folder_to_wandb(report_dir, cfg.wandb.project, cfg.wandb.offline)
@@ -505,15 +499,15 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
             curve_table += rows_
             lines += [f"![learning curve {kind}](figures/{figure.name})", ""]
     if probe_table:
-        _write_rows(probe_table, output_dir / "tables" / "probes.csv")
+        reporting.write_rows(probe_table, output_dir / "tables" / "probes.csv")
         lines += ["## Probes", "",
                   f"Structure-level features ({cfg.probes.pooling} over atoms) -> target; {cfg.probes.cv}-fold "
                   "cross-validated R2 and MAE (target units) of a linear and an MLP probe.", "",
                   reporting.markdown_table(probe_table), ""]
     if curve_table:
-        _write_rows(curve_table, output_dir / "tables" / "learning_curves.csv")
+        reporting.write_rows(curve_table, output_dir / "tables" / "learning_curves.csv")
     if cpd_table:
-        _write_rows(cpd_table, output_dir / "tables" / "cpd.csv")
+        reporting.write_rows(cpd_table, output_dir / "tables" / "cpd.csv")
         lines += ["## Composition projection decomposition", "",
                   "R2 of probes on the full features, on their composition part and on the geometric "
                   "residual (composition projected out). Linear (ridge) scores are the primary metric."
@@ -522,7 +516,7 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
                      if "gbt" in cfg.cpd.probes else ""), "",
                   reporting.markdown_table(cpd_table), ""]
     if cumulant_table:
-        _write_rows(cumulant_table, output_dir / "tables" / "cumulants.csv")
+        reporting.write_rows(cumulant_table, output_dir / "tables" / "cumulants.csv")
         lines += ["## Cumulant descriptors", "",
                   "GFRE between structure descriptors built from cumulants of orders 1..k of the atomic "
                   "features: `k->k+1` measures what order k+1 adds; `K->1` ~0 checks the construction.", "",

@@ -52,6 +52,16 @@ def write_matrix(matrix: np.ndarray, labels: Sequence[str], path: str | Path) ->
     return path.with_suffix(".csv"), path.with_suffix(".json")
 
 
+def write_rows(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """A CSV of dictionaries (columns: every key, in order of first appearance)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
 def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int = 3) -> str:
     """A markdown table of dictionaries (floats rounded to ``digits`` significant digits)."""
     if not rows:
@@ -70,25 +80,30 @@ def matrix_table(matrix: np.ndarray, labels: Sequence[str]) -> str:
 
 # --- figures ------------------------------------------------------------------------------
 def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, path: str | Path, *,
-            axis_labels: tuple[str, str] = ("source X", "reconstructed Y")) -> Path:
+            axis_labels: tuple[str, str] = ("source X", "reconstructed Y"),
+            column_labels: Sequence[str] | None = None) -> Path:
     """Annotated heatmap: row = source features X, column = reconstructed features Y
-    (``axis_labels`` = (rows, columns) for other pair measures)."""
+    (``axis_labels`` = (rows, columns) for other pair measures; ``column_labels`` when the
+    columns are not the rows). NaN entries are left blank."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(labels)
-    figure, axes = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 1.8))
+    columns = list(labels if column_labels is None else column_labels)
+    n, m = len(labels), len(columns)
+    figure, axes = plt.subplots(figsize=(1.2 * m + 2.5 + 0.06 * max(map(len, labels)), 1.0 * n + 1.8))
     image = axes.imshow(matrix, cmap="viridis_r", vmin=0, vmax=max(1e-9, float(np.nanmax(matrix))))
-    axes.set_xticks(range(n), labels, rotation=35, ha="right")
+    axes.set_xticks(range(m), columns, rotation=35, ha="right")
     axes.set_yticks(range(n), labels)
     axes.set_xlabel(axis_labels[1])
     axes.set_ylabel(axis_labels[0])
     axes.set_title(title)
     threshold = 0.5 * float(np.nanmax(matrix))
     for i in range(n):
-        for j in range(n):
+        for j in range(m):
+            if np.isnan(matrix[i, j]):
+                continue
             color = "white" if matrix[i, j] > threshold else "black"
             axes.text(j, i, f"{matrix[i, j]:.3f}", ha="center", va="center", color=color, fontsize=9)
     figure.colorbar(image, ax=axes, shrink=0.8)

@@ -40,13 +40,30 @@ def read_index_file(path: str | Path) -> np.ndarray:
         raise DataError(f"Index file {path} must hold integers only: {error}") from error
 
 
+def split_ranges(n: int, ranges: Mapping[str, tuple[float, float]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Shuffle ``range(n)`` with ``seed`` and give split ``name`` the part between fractions
+    ``start`` and ``end`` of the order. With the same seed, ``{train: [0.8, 0.9]}`` of one run
+    and ``{test: [0.9, 1.0]}`` of another never share a structure."""
+    order = np.random.default_rng(seed).permutation(n)
+    splits = {}
+    for name, bounds in ranges.items():
+        start, end = (float(b) for b in bounds)
+        if not 0 <= start <= end <= 1:
+            raise DataError(f"Split range {name}: [{start}, {end}] must satisfy 0 <= start <= end <= 1")
+        splits[name] = np.sort(order[int(round(start * n)) : int(round(end * n))])
+    return splits
+
+
 def resolve_splits(n: int, cfg: Mapping) -> dict[str, np.ndarray]:
-    """``{fractions: {...}, seed: 0}`` or ``{split_name: index_file}``, validated."""
+    """``{fractions: {...}, seed: 0}``, ``{ranges: {name: [start, end]}, seed: 0}`` or
+    ``{split_name: index_file}``, validated."""
     cfg = dict(cfg)
-    if "fractions" in cfg:
+    if cfg.get("ranges"):
+        splits = split_ranges(n, dict(cfg["ranges"]), int(cfg.get("seed", 0)))
+    elif cfg.get("fractions"):
         splits = split_indices(n, dict(cfg["fractions"]), int(cfg.get("seed", 0)))
     else:
-        splits = {name: read_index_file(path) for name, path in cfg.items()}
+        splits = {name: read_index_file(path) for name, path in cfg.items() if name not in ("fractions", "ranges", "seed")}
     seen: dict[int, str] = {}
     for name, indices in splits.items():
         bad = indices[(indices < 0) | (indices >= n)]
