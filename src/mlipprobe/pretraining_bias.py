@@ -7,11 +7,14 @@ the scratch model of the same parent group and seed) the distance is
 
 .. math::
 
-    d(c \\to r) = \\mathrm{GFRE}(X_c \\to X_r),
+    d(c, r) = \\tfrac{1}{2}\\left[\\mathrm{GFRE}(X_c \\to X_r) + \\mathrm{GFRE}(X_r \\to X_c)\\right],
 
-the error of reconstructing the reference's features from the child's (GUIDE section 2):
-~0 when the child still holds everything the reference encodes, ~1 when it holds nothing of it.
-LFRE (local maps) is reported beside it, and GFRE in the other direction in the tables.
+the mean of the errors of reconstructing each model's features from the other's (GUIDE
+section 2): 0 for the same features up to a linear map, ~1 for unrelated ones. GFRE is
+asymmetric: rich features reconstruct poor ones well but not the other way round (a
+fine-tuned child reconstructs a scratch model's features better than its own parent's, yet
+the scratch model reconstructs the child badly), so one direction alone does not say which
+models are alike. Both directions are in the tables, and LFRE (local maps) beside them.
 The report answers: is each child closer to its own parent than to the other parent and to
 the scratch model (mean and spread over seeds), how the strategies rank, and how accuracy
 (test error on the child's task) and closeness trade off.
@@ -89,8 +92,8 @@ def load_study(folder: str | Path) -> list[Model]:
 
 
 def distances(models: list[Model], kind: str, cfg: DictConfig, rows: np.ndarray | None = None) -> list[dict]:
-    """One row per (child, reference): GFRE both ways, and LFRE child -> parent (own and
-    other), on the atoms ``rows`` (all when None)."""
+    """One row per (child, reference): symmetric GFRE (and each direction), and symmetric
+    LFRE to the parents (own and other), on the atoms ``rows`` (all when None)."""
     parents = {m.parent: m for m in models if m.strategy == "parent"}
     scratch = {(m.parent, m.seed): m for m in models if m.strategy == "scratch"}
     table = []
@@ -102,11 +105,14 @@ def distances(models: list[Model], kind: str, cfg: DictConfig, rows: np.ndarray 
         x = child.embedding.features(kind)[chosen]
         for role, reference in references.items():
             y = reference.embedding.features(kind)[chosen]
+            forward, reverse = gfre(x, y, random_state=cfg.seed), gfre(y, x, random_state=cfg.seed)
             row = {"features": kind, "child": child.name, "parent": child.parent, "strategy": child.strategy,
                    "seed": child.seed, "reference": role, "reference_job": reference.name,
-                   "gfre": gfre(x, y, random_state=cfg.seed), "gfre_reverse": gfre(y, x, random_state=cfg.seed)}
+                   "gfre": 0.5 * (forward + reverse), "gfre_child_to_reference": forward,
+                   "gfre_reference_to_child": reverse}
             if cfg.reconstruction.lfre and role != "scratch":
-                row["lfre"] = lfre(x, y, cfg.reconstruction.n_local_points, random_state=cfg.seed)
+                k = cfg.reconstruction.n_local_points
+                row["lfre"] = 0.5 * (lfre(x, y, k, random_state=cfg.seed) + lfre(y, x, k, random_state=cfg.seed))
             table.append(row)
     return table
 
@@ -161,9 +167,13 @@ def closeness_heatmap(rows: list[dict], kind: str, measure: str, path: Path) -> 
                       and _column(r) == column]
             if values:
                 matrix[i, j] = float(np.mean(values))
-    labels = [f"{strategy} (from {parent})" for parent, strategy in groups]
-    return reporting.heatmap(matrix, labels, f"{measure.upper()}(child -> reference), {kind}, mean over seeds", path,
+    labels = [_group_label(strategy, parent) for parent, strategy in groups]
+    return reporting.heatmap(matrix, labels, f"symmetric {measure.upper()}(child, reference), {kind}, mean over seeds", path,
                              axis_labels=("child", "reference"), column_labels=columns)
+
+
+def _group_label(strategy: str, parent: str) -> str:
+    return f"scratch ({parent} group)" if strategy == "scratch" else f"{strategy} (from {parent})"
 
 
 def _column(row: dict) -> str:
@@ -174,7 +184,7 @@ def _column(row: dict) -> str:
 
 
 def tradeoff_figure(models: list[Model], rows: list[dict], kind: str, path: Path) -> Path:
-    """Test error against GFRE(child -> own parent), one panel per task, one point per job."""
+    """Test error against the symmetric GFRE to the own parent, one panel per task, one point per job."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,8 +202,8 @@ def tradeoff_figure(models: list[Model], rows: list[dict], kind: str, path: Path
                 chosen = [m for m in models if m.task == task and m.strategy == strategy and m.parent == parent]
                 if chosen:
                     axis.scatter([by_child[m.name] for m in chosen], [m.error for m in chosen], marker=marker,
-                                 color=colours[strategy], label=f"{strategy} (from {parent})", alpha=0.8)
-        axis.set_xlabel(f"GFRE(child -> own parent), {kind}")
+                                 color=colours[strategy], label=_group_label(strategy, parent), alpha=0.8)
+        axis.set_xlabel(f"symmetric GFRE(child, own parent), {kind}")
         axis.set_ylabel(TASK_METRICS[task][1])
         axis.set_title(f"task: {task}")
         axis.legend(fontsize=7)
@@ -205,12 +215,20 @@ def tradeoff_figure(models: list[Model], rows: list[dict], kind: str, path: Path
 
 
 def ranking(summary: list[dict]) -> list[dict]:
-    """Strategies by mean distance to their own parent (over both parents and all seeds)."""
+    """Strategies by mean distance to their own parent (over both parents and all seeds),
+    with their test error relative to scratch on the same task (G) where there is one."""
     order = []
+    scratch = [float(r["test error"].split(" ")[0]) for r in summary if r["strategy"] == "scratch"]
     for strategy in dict.fromkeys(r["strategy"] for r in summary):
-        means = [float(r["to own parent"].split(" ")[0]) for r in summary if r["strategy"] == strategy]
-        order.append({"strategy": strategy, "mean GFRE to own parent": float(np.mean(means))})
-    return sorted(order, key=lambda r: r["mean GFRE to own parent"])
+        mine = [r for r in summary if r["strategy"] == strategy]
+        row = {"strategy": strategy,
+               "mean distance to own parent": float(np.mean([float(r["to own parent"].split(" ")[0]) for r in mine])),
+               "test error": float(np.mean([float(r["test error"].split(" ")[0]) for r in mine])),
+               "task": mine[0]["task"]}
+        if scratch and mine[0]["task"] == next(r["task"] for r in summary if r["strategy"] == "scratch"):
+            row["error / scratch error"] = row["test error"] / float(np.mean(scratch))
+        order.append(row)
+    return sorted(order, key=lambda r: r["mean distance to own parent"])
 
 
 def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
@@ -233,10 +251,12 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
         + (f" (distances on a seeded subset of {cfg.max_atoms} atoms)." if rows is not None else "."), "",
         "Parents a and b were pretrained on U0 energies of disjoint thirds of the QM9 demo set, from different "
         "random weights. Children learnt G (full, head, scratch) or the HOMO-LUMO gap with a new head "
-        "(transfer_full, transfer_head) on the last third. The distance of a child to a reference model is "
-        "GFRE(child -> reference): the error of reconstructing the reference's features from the child's, "
-        "~0 when the child still holds everything the reference encodes, ~1 when nothing. "
-        "`scratch` is the model trained from random weights with the same parent group and seed.", "",
+        "(transfer_full, transfer_head) on the last third. The distance between a child and a reference model "
+        "is the symmetric GFRE, the mean of GFRE(child -> reference) and GFRE(reference -> child): 0 for the "
+        "same features up to a linear map, ~1 for unrelated ones (one direction alone is misleading: rich "
+        "features reconstruct poor ones well, not the other way round). `scratch` is the model trained from "
+        "random weights with the same parent group and seed; its own row compares it with the parents as a "
+        "baseline.", "",
     ]
     all_rows, headline, sections = [], [], []
     for kind in cfg.features:
@@ -256,18 +276,20 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
                         f"in **{closer}/{total}** cases, and closer to their own parent than to the scratch model "
                         f"in **{closer_scratch}/{total_scratch}**.")
         sections += [f"## `{kind}` features", "",
-                  "Mean ± standard deviation over seeds of GFRE(child -> reference) (and LFRE, its local "
-                  "version, to the parents); `own < other` counts the seeds where the child's GFRE to its own "
-                  "parent is below its GFRE to the other parent, `own < scratch` likewise for the scratch model.", "",
+                  "Mean ± standard deviation over seeds of the symmetric GFRE between child and reference "
+                  "(and of the symmetric LFRE, its local version, to the parents); `own < other` counts the seeds "
+                  "where the child is closer to its own parent than to the other parent, `own < scratch` likewise "
+                  "for the scratch model.", "",
                   reporting.markdown_table(summary), "",
                   f"![closeness {kind}](figures/{heat.name})", "",
-                  "Strategies ranked by closeness to their own parent (smaller = more of the parent kept):", "",
-                  reporting.markdown_table(ranking(summary)), "",
+                  "Strategies ranked by their distance to their own parent (smaller = more of the parent kept):", "",
+                  reporting.markdown_table(ranking(summary), ["strategy", "mean distance to own parent", "test error",
+                                                              "task", "error / scratch error"]), "",
                   "Accuracy against closeness: each point is one child (test error on its task).", "",
                   f"![trade-off {kind}](figures/{trade.name})", ""]
     reporting.write_rows(all_rows, output_dir / "tables" / "bias_distances.csv")
     lines += ["## Does each child stay closer to its own parent?", "", *headline, "",
-              "Every distance (GFRE both ways, LFRE) of every child: `tables/bias_distances.csv`; the jobs' "
+              "Every distance (GFRE each way and symmetric, LFRE) of every child: `tables/bias_distances.csv`; the jobs' "
               "metrics: `summary.csv` of the sweep.", "", *sections]
     (output_dir / "report.md").write_text("\n".join(lines) + "\n")
     return [m.embedding for m in models]
