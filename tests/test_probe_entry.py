@@ -162,12 +162,19 @@ def test_report_is_logged_to_wandb_offline(embedding_folder, tmp_path, monkeypat
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "wandb.enabled=true", "features=[backbone]",
-                                   "reconstruction.lfre=false", "reconstruction.nonlinear=false",
+    probe(compose_probe(tmp_path, [f"inputs={embedding_folder}", "wandb.enabled=true", "wandb.group=my_sweep",
+                                   "features=[backbone]", "reconstruction.lfre=false", "reconstruction.nonlinear=false",
                                    "probes.enabled=false", "cpd.enabled=false", "cumulants.order=1",
                                    "common_space.enabled=false"]))
     runs = list((tmp_path / "report" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert len(runs) == 1
+    from tests.helpers.sweep_helpers import wandb_records
+
+    records = wandb_records(next(runs[0].glob("run-*.wandb")))
+    assert next(r.run for r in records if r.WhichOneof("record_type") == "run").run_group == "my_sweep"
+    logged = {item.key or "/".join(item.nested_key) for r in records if r.WhichOneof("record_type") == "history"
+              for item in r.history.item}
+    assert {"tables/gfre_backbone", "figures/gfre_backbone"} <= logged
 
 
 def test_vector_target_is_routed_to_l1_features(embedding_folder, tmp_path):

@@ -436,7 +436,7 @@ def probe(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         sets = writer(cfg, work)
     log.info("Report written to %s", report_dir / "report.md")
     if cfg.wandb.enabled:
-        reporting.log_folder_to_wandb(report_dir, cfg.wandb.project, cfg.wandb.offline)
+        reporting.log_folder_to_wandb(report_dir, cfg.wandb.project, cfg.wandb.offline, group=cfg.wandb.get("group"))
     return {}, {"report": report_dir / "report.md", "sets": sets}
 
 

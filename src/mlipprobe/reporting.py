@@ -91,13 +91,15 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, path: str | P
 
 
 # --- wandb ----------------------------------------------------------------------------------
-def log_folder_to_wandb(folder: str | Path, project: str, offline: bool, name: str | None = None) -> Path:
-    """Log every table (CSV) and figure (PNG) of a report folder as one wandb run."""
+def log_folder_to_wandb(folder: str | Path, project: str, offline: bool, name: str | None = None,
+                        group: str | None = None) -> Path:
+    """Log every table (CSV) and figure (PNG) of a report folder as one wandb run (in ``group``:
+    the sweep's name, to sit beside the sweep's training runs)."""
     import wandb
 
     folder = Path(folder)
     run = wandb.init(project=project, dir=str(folder), name=name or folder.name, job_type="probe",
-                     mode="offline" if offline else "online")
+                     group=group, mode="offline" if offline else "online")
     try:
         for table in sorted(folder.glob("tables/*.csv")):
             with open(table, newline="") as handle:
