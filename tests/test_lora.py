@@ -136,14 +136,15 @@ def test_merge_gives_the_same_predictions_and_a_plain_model(parent, trained, mol
 
 def test_large_adapter_updates_merge_exactly_and_stay_equivariant(parent, molecules):
     adapted = copy.deepcopy(parent)
+    torch.manual_seed(0)  # the adapters' initial A matrices come from the global generator
     adapted.add_lora(rank=2, alpha=3.0)
-    randomize_adapters(adapted)
+    randomize_adapters(adapted, scale=0.2)
     atoms = molecules[3]
     rotated = atoms.copy()
     rotated.rotate(90, "z", center="COM")
     turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     (energy, forces), (energy_r, forces_r) = predict(adapted, [atoms]), predict(adapted, [rotated])
-    assert not torch.allclose(energy, predict(parent, [atoms])[0], rtol=0, atol=1e-3)
+    assert not torch.allclose(energy, predict(parent, [atoms])[0], rtol=0, atol=1e-3), (energy - predict(parent, [atoms])[0])
     if parent.kind == "mace":  # PET is not equivariant by construction (it learns rotations from data)
         # the parent itself is rotation-exact to ~1e-8 here (positions rotated in float64)
         torch.testing.assert_close(energy_r, energy, rtol=0, atol=1e-7)
