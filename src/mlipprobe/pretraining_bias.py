@@ -124,51 +124,71 @@ def _mean_std(values) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def summary_rows(models: list[Model], rows: list[dict], measure: str = "gfre") -> list[dict]:
+def by_child(pairs: list[dict]) -> dict[str, dict[str, float]]:
+    """``{child: {reference: symmetric GFRE}}`` from the rows of :func:`distances`."""
+    table: dict[str, dict[str, float]] = {}
+    for r in pairs:
+        table.setdefault(r["child"], {})[r["reference"]] = r["gfre"]
+    return table
+
+
+def summary_rows(models: list[Model], pairs: list[dict]) -> list[dict]:
     """Per (strategy, parent): mean ± std over seeds of the distance to each reference, how
     often the child is closer to its own parent, and the test error."""
+    distance = by_child(pairs)
     table = []
     for strategy in [s for s in STRATEGIES if any(m.strategy == s for m in models)]:
         for parent in ("a", "b"):
-            mine = [r for r in rows if r["strategy"] == strategy and r["parent"] == parent]
-            if not mine:
+            children = [m for m in models if m.strategy == strategy and m.parent == parent and m.name in distance]
+            if not children:
                 continue
-            by_seed: dict[int, dict[str, float]] = {}
-            for r in mine:
-                by_seed.setdefault(r["seed"], {})[r["reference"]] = r[measure]
-            own_other = [d["own parent"] < d["other parent"] for d in by_seed.values()]
-            own_scratch = [d["own parent"] < d["scratch"] for d in by_seed.values() if "scratch" in d]
-            errors = [m.error for m in models if m.strategy == strategy and m.parent == parent]
-            task = next(m.task for m in models if m.strategy == strategy and m.parent == parent)
+            d = [distance[m.name] for m in children]
+            own_other = [x["own parent"] < x["other parent"] for x in d]
+            own_scratch = [x["own parent"] < x["scratch"] for x in d if "scratch" in x]
             row = {
-                "strategy": strategy, "parent": parent, "seeds": len(by_seed),
-                "to own parent": _mean_std(d["own parent"] for d in by_seed.values()),
-                "to other parent": _mean_std(d["other parent"] for d in by_seed.values()),
-                "to scratch": _mean_std(d.get("scratch") for d in by_seed.values()),
+                "strategy": strategy, "parent": parent, "seeds": len(children),
+                "to own parent": _mean_std(x["own parent"] for x in d),
+                "to other parent": _mean_std(x["other parent"] for x in d),
+                "to scratch": _mean_std(x.get("scratch") for x in d),
                 "own < other": f"{sum(own_other)}/{len(own_other)}",
                 "own < scratch": f"{sum(own_scratch)}/{len(own_scratch)}" if own_scratch else "",
             }
-            if measure == "gfre" and any("lfre" in r for r in mine):
+            mine = [r for r in pairs if r["strategy"] == strategy and r["parent"] == parent]
+            if any("lfre" in r for r in mine):
                 for role in ("own parent", "other parent"):
                     row[f"LFRE to {role}"] = _mean_std(r.get("lfre") for r in mine if r["reference"] == role)
-            row.update({"test error": _mean_std(errors), "task": TASK_METRICS[task][1] if task else ""})
+            task = children[0].task
+            row.update({"test error": _mean_std(m.error for m in children),
+                        "task": TASK_METRICS[task][1] if task else ""})
             table.append(row)
     return table
 
 
-def closeness_heatmap(rows: list[dict], kind: str, measure: str, path: Path) -> Path:
+def closer_to_own_parent(models: list[Model], pairs: list[dict]) -> dict[str, tuple[int, int]]:
+    """Fine-tuned children (not scratch) closer to their own parent than to the other parent,
+    and than to the scratch model: ``{reference: (closer, compared)}``."""
+    distance = by_child(pairs)
+    children = [distance[m.name] for m in models if m.strategy not in ("parent", "scratch") and m.name in distance]
+    counts = {}
+    for reference in ("other parent", "scratch"):
+        compared = [d for d in children if reference in d]
+        counts[reference] = (sum(d["own parent"] < d[reference] for d in compared), len(compared))
+    return counts
+
+
+def closeness_heatmap(rows: list[dict], kind: str, path: Path) -> Path:
     """Rows: child groups (parent, strategy); columns: parent a, parent b, scratch; mean over seeds."""
     groups = [(p, s) for s in STRATEGIES for p in ("a", "b") if any(r["strategy"] == s and r["parent"] == p for r in rows)]
     columns = ["parent a", "parent b", "scratch"]
     matrix = np.full((len(groups), len(columns)), np.nan)
     for i, (parent, strategy) in enumerate(groups):
         for j, column in enumerate(columns):
-            values = [r[measure] for r in rows if r["strategy"] == strategy and r["parent"] == parent
+            values = [r["gfre"] for r in rows if r["strategy"] == strategy and r["parent"] == parent
                       and _column(r) == column]
             if values:
                 matrix[i, j] = float(np.mean(values))
     labels = [_group_label(strategy, parent) for parent, strategy in groups]
-    return reporting.heatmap(matrix, labels, f"symmetric {measure.upper()}(child, reference), {kind}, mean over seeds", path,
+    return reporting.heatmap(matrix, labels, f"symmetric GFRE(child, reference), {kind}, mean over seeds", path,
                              axis_labels=("child", "reference"), column_labels=columns)
 
 
@@ -185,13 +205,7 @@ def _column(row: dict) -> str:
 
 def tradeoff_figure(models: list[Model], rows: list[dict], kind: str, path: Path) -> Path:
     """Test error against the symmetric GFRE to the own parent, one panel per task, one point per job."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mlipprobe.io import atomic_path
-
+    plt = reporting.pyplot()
     tasks = [t for t in TASK_METRICS if any(m.task == t and m.strategy != "parent" for m in models)]
     figure, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
     colours = dict(zip(STRATEGIES, plt.get_cmap("tab10").colors))
@@ -208,25 +222,24 @@ def tradeoff_figure(models: list[Model], rows: list[dict], kind: str, path: Path
         axis.set_title(f"task: {task}")
         axis.legend(fontsize=7)
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=120, format="png")
-    plt.close(figure)
-    return path
+    return reporting.save_figure(figure, path)
 
 
-def ranking(summary: list[dict]) -> list[dict]:
+def ranking(models: list[Model], pairs: list[dict]) -> list[dict]:
     """Strategies by mean distance to their own parent (over both parents and all seeds),
     with their test error relative to scratch on the same task (G) where there is one."""
+    distance = by_child(pairs)
+    scratch = [m for m in models if m.strategy == "scratch"]
     order = []
-    scratch = [float(r["test error"].split(" ")[0]) for r in summary if r["strategy"] == "scratch"]
-    for strategy in dict.fromkeys(r["strategy"] for r in summary):
-        mine = [r for r in summary if r["strategy"] == strategy]
+    for strategy in [s for s in STRATEGIES if any(m.strategy == s and m.name in distance for m in models)]:
+        children = [m for m in models if m.strategy == strategy and m.name in distance]
+        task = children[0].task
         row = {"strategy": strategy,
-               "mean distance to own parent": float(np.mean([float(r["to own parent"].split(" ")[0]) for r in mine])),
-               "test error": float(np.mean([float(r["test error"].split(" ")[0]) for r in mine])),
-               "task": mine[0]["task"]}
-        if scratch and mine[0]["task"] == next(r["task"] for r in summary if r["strategy"] == "scratch"):
-            row["error / scratch error"] = row["test error"] / float(np.mean(scratch))
+               "mean distance to own parent": round(float(np.mean([distance[m.name]["own parent"] for m in children])), 3),
+               "test error": float(np.mean([m.error for m in children])),
+               "task": TASK_METRICS[task][1] if task else ""}
+        if scratch and task == scratch[0].task:
+            row["error / scratch error"] = row["test error"] / float(np.mean([m.error for m in scratch]))
         order.append(row)
     return sorted(order, key=lambda r: r["mean distance to own parent"])
 
@@ -265,16 +278,12 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
         all_rows += pairs
         summary = summary_rows(models, pairs)
         reporting.write_rows(summary, output_dir / "tables" / f"bias_summary_{kind}.csv")
-        heat = closeness_heatmap(pairs, kind, "gfre", output_dir / "figures" / f"bias_gfre_{kind}.png")
+        heat = closeness_heatmap(pairs, kind, output_dir / "figures" / f"bias_gfre_{kind}.png")
         trade = tradeoff_figure(models, pairs, kind, output_dir / "figures" / f"bias_tradeoff_{kind}.png")
-        own_other = [r for r in summary if r["strategy"] != "scratch"]
-        closer = sum(int(r["own < other"].split("/")[0]) for r in own_other)
-        total = sum(int(r["own < other"].split("/")[1]) for r in own_other)
-        closer_scratch = sum(int(r["own < scratch"].split("/")[0]) for r in own_other if r["own < scratch"])
-        total_scratch = sum(int(r["own < scratch"].split("/")[1]) for r in own_other if r["own < scratch"])
+        counts = closer_to_own_parent(models, pairs)
         headline.append(f"- `{kind}`: fine-tuned children are closer to their own parent than to the other parent "
-                        f"in **{closer}/{total}** cases, and closer to their own parent than to the scratch model "
-                        f"in **{closer_scratch}/{total_scratch}**.")
+                        f"in **{'/'.join(map(str, counts['other parent']))}** cases, and closer to their own parent "
+                        f"than to the scratch model in **{'/'.join(map(str, counts['scratch']))}**.")
         sections += [f"## `{kind}` features", "",
                   "Mean ± standard deviation over seeds of the symmetric GFRE between child and reference "
                   "(and of the symmetric LFRE, its local version, to the parents); `own < other` counts the seeds "
@@ -283,7 +292,7 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
                   reporting.markdown_table(summary), "",
                   f"![closeness {kind}](figures/{heat.name})", "",
                   "Strategies ranked by their distance to their own parent (smaller = more of the parent kept):", "",
-                  reporting.markdown_table(ranking(summary), ["strategy", "mean distance to own parent", "test error",
+                  reporting.markdown_table(ranking(models, pairs), ["strategy", "mean distance to own parent", "test error",
                                                               "task", "error / scratch error"]), "",
                   "Accuracy against closeness: each point is one child (test error on its task).", "",
                   f"![trade-off {kind}](figures/{trade.name})", ""]

@@ -196,15 +196,11 @@ def cumulant_rows(sets, kind, structure_index, cfg) -> list[dict]:
 
 def learning_curve_figure(sets, kind, structure_index, y, target, cfg, path: Path) -> tuple[Path, list[dict]]:
     """Test MAE of the linear probe against the number of training structures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
     from mlipprobe.probes.fit import learning_curve
 
-    figure, axis = plt.subplots(figsize=(5, 3.6))
+    figure, axis = reporting.pyplot().subplots(figsize=(5, 3.6))
     rows = []
     for entry in sets:
         pooled = structure_features(entry, kind, structure_index, cfg)
@@ -218,20 +214,14 @@ def learning_curve_figure(sets, kind, structure_index, y, target, cfg, path: Pat
     axis.set_title(f"Sample efficiency, {kind} features", fontsize=10)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110, format="png")
-    plt.close(figure)
-    return path, rows
+    return reporting.save_figure(figure, path, dpi=110), rows
 
 
 def pcovr_figure(sets, kind, structure_index, y, target, cfg, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from skmatter.decomposition import PCovR
     from skmatter.preprocessing import StandardFlexibleScaler
 
-    figure, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.2), squeeze=False)
+    figure, axes = reporting.pyplot().subplots(1, len(sets), figsize=(3.2 * len(sets), 3.2), squeeze=False)
     scaled_y = (y - y.mean()) / (y.std() or 1.0)
     for axis, entry in zip(axes[0], sets):
         pooled = structure_features(entry, kind, structure_index, cfg)
@@ -243,9 +233,7 @@ def pcovr_figure(sets, kind, structure_index, y, target, cfg, path: Path) -> Pat
         axis.set_yticks([])
     figure.colorbar(points, ax=axes[0].tolist(), label=target)
     figure.suptitle(f"PCovR (mixing {cfg.pcovr.mixing}) of {kind} features", fontsize=10)
-    figure.savefig(path, dpi=110, format="png", bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return reporting.save_figure(figure, path, dpi=110, bbox_inches="tight")
 
 
 # --- common latent space: anchors, alignment, atypicality ----------------------------------

@@ -60,11 +60,7 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, path: str | P
     """Annotated heatmap: row = source features X, column = reconstructed features Y
     (``axis_labels`` = (rows, columns) for other pair measures; ``column_labels`` when the
     columns are not the rows). NaN entries are left blank."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     columns = list(labels if column_labels is None else column_labels)
     n, m = len(labels), len(columns)
     figure, axes = plt.subplots(figsize=(1.2 * m + 2.5 + 0.06 * max(map(len, labels)), 1.0 * n + 1.8))
@@ -83,10 +79,25 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, path: str | P
             axes.text(j, i, f"{matrix[i, j]:.3f}", ha="center", va="center", color=color, fontsize=9)
     figure.colorbar(image, ax=axes, shrink=0.8)
     figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: str | Path, dpi: int = 120, **savefig_options) -> Path:
+    """Write ``figure`` as a PNG (atomically) and close it."""
     path = Path(path)
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=120, format="png")
-    plt.close(figure)
+        figure.savefig(temporary, dpi=dpi, format="png", **savefig_options)
+    pyplot().close(figure)
     return path
 
 
