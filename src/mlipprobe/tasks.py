@@ -46,9 +46,9 @@ def _trainer(cfg: DictConfig, **overrides) -> L.Trainer:
             "trainer.inference_mode=true disables autograd in validation and test, but forces "
             "and stress are gradients of the energy: leave it false"
         )
-    if any("Wandb" in str(c.get("_target_", "")) for c in (cfg.get("logger") or {}).values() if c):
-        keep_wandb_files_in(Path(cfg.paths.output_dir) / "wandb")
     loggers = _instantiate_list(cfg.get("logger"))
+    if any(isinstance(logger, L.pytorch.loggers.WandbLogger) for logger in loggers):  # its run starts lazily
+        keep_wandb_files_in(Path(cfg.paths.output_dir) / "wandb")
     callbacks = _instantiate_list(cfg.get("callbacks"))
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
