@@ -196,3 +196,13 @@ def test_vector_target_is_routed_to_l1_features(embedding_folder, tmp_path):
     assert len(rows) == 2
     parent_r2 = float(rows[0].split("|")[4])
     assert parent_r2 > 0.3
+
+
+def test_cli_help_lists_the_probe_experiments_and_not_train_groups():
+    result = subprocess.run([sys.executable, str(ROOT / "probe.py"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    groups = result.stdout.split("== Config groups ==")[1].split("== Config ==")[0]
+    for experiment in (ROOT / "conf" / "probe_experiment").glob("*.yaml"):
+        assert experiment.stem in groups
+    assert "strategy" not in groups and "backbone" not in groups
+    assert "inputs:" in result.stdout
