@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -71,6 +72,34 @@ def test_report_has_matrices_heatmaps_and_tables(embedding_folder, tmp_path):
         assert text in report
     assert (tmp_path / "report" / "tables" / "probes.csv").is_file() and (tmp_path / "report" / "tables" / "cpd.csv").is_file()
 
+
+
+def test_lfre_spread_tables_match_pointwise_errors_on_the_atom_subset(embedding_folder, tmp_path):
+    from mlipprobe.analysis import lfre, pointwise_lfre, reconstruction_split
+
+    cfg = compose_probe(tmp_path, [f"inputs={embedding_folder}", "features=[backbone]", "max_atoms=300",
+                                   "reconstruction.gfre=false", "reconstruction.nonlinear=false",
+                                   "probes.enabled=false", "cpd.enabled=false", "cumulants.order=1",
+                                   "pcovr.target=none", "common_space.enabled=false"])
+    _, objects = probe(cfg)
+    parent, scratch = objects["sets"]
+    structure_index, numbers = parent.atoms()
+    rows = np.sort(np.random.default_rng(cfg.seed).choice(len(numbers), 300, replace=False))
+    x, y = parent.features("backbone")[rows], scratch.features("backbone")[rows]
+    errors = pointwise_lfre(x, y)
+    tables = tmp_path / "report" / "tables"
+    assert json.loads((tables / "lfre_backbone.json").read_text())["matrix"][0][1] == pytest.approx(lfre(x, y), rel=1e-12)
+    median = json.loads((tables / "lfre_median_backbone.json").read_text())["matrix"]
+    assert median[0][1] == pytest.approx(np.median(errors), rel=1e-12)
+    assert median[0][1] != pytest.approx(lfre(x, y), rel=1e-3)
+    worst = [r for r in csv.DictReader(open(tables / "lfre_worst_atoms_backbone.csv")) if r["X"] == parent.label and r["Y"] == scratch.label]
+    test_rows = rows[reconstruction_split(len(rows))[1]]
+    assert [float(r["lfre"]) for r in worst] == pytest.approx(np.sort(errors)[::-1][:5], rel=1e-12)
+    for r in worst:
+        row = int(r["row"])
+        assert float(r["lfre"]) == pytest.approx(errors[np.flatnonzero(test_rows == row)[0]], rel=1e-12)
+        assert (int(r["atomic_number"]), int(r["structure_index"])) == (numbers[row], structure_index[row])
+    assert "median per pair" in (tmp_path / "report" / "report.md").read_text()
 
 def test_common_space_section_saves_anchors_that_a_later_run_reuses(embedding_folder, tmp_path):
     from mlipprobe.probing import AnchorMismatchError

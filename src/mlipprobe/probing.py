@@ -4,6 +4,7 @@ Report folder (``<paths.output_dir>/report``, written whole or not at all)::
 
     report.md                         what was compared, every table, every figure
     tables/{gfre,lfre,nonlinear}_<kind>.{csv,json}   ordered-pair matrices (row X -> column Y)
+    tables/lfre_median_<kind>.{csv,json}, lfre_worst_atoms_<kind>.csv   LFRE's spread over atoms
     tables/probes.csv, tables/cpd.csv, tables/cumulants.csv
     tables/anchors_<kind>.{json,csv}                  common space: the anchor atoms (reusable)
     tables/{mutual_knn,cka,procrustes}_{common,raw}_<kind>.{csv,json}, ot_common_<kind>.*
@@ -18,10 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase.data import chemical_symbols
 from omegaconf import DictConfig
 
 from mlipprobe import pretraining_bias, reporting
@@ -33,8 +36,9 @@ from mlipprobe.analysis import (
     cpd_scores,
     direct_anchors,
     gfre,
-    lfre,
     ot_cost,
+    pointwise_lfre,
+    reconstruction_split,
     structure_atypicality,
     structure_cumulants,
 )
@@ -87,8 +91,13 @@ def reconstruction_section(sets, kind, rows, cfg, output_dir: Path, names=None) 
     if "gfre" in names:
         measures["gfre"] = ("GFRE", lambda x, y: gfre(x, y))
     if "lfre" in names:
-        k = cfg.reconstruction.n_local_points
-        measures["lfre"] = ("LFRE", lambda x, y: lfre(x, y, k))
+        k, pointwise = cfg.reconstruction.n_local_points, []
+
+        def lfre_keeping_pointwise(x, y):
+            pointwise.append(pointwise_lfre(x, y, k))
+            return _root_mean_square(pointwise[-1])
+
+        measures["lfre"] = ("LFRE", lfre_keeping_pointwise)
     if "nonlinear" in names:
         from mlipprobe.probes.fit import reconstruction_error
 
@@ -106,6 +115,51 @@ def reconstruction_section(sets, kind, rows, cfg, output_dir: Path, names=None) 
         figure = reporting.heatmap(matrix, labels, f"{title}, {kind} features", output_dir / "figures" / f"{name}_{kind}.png")
         lines += [f"### {title}: `{kind}` features", "", f"![{name} {kind}](figures/{figure.name})", "",
                   reporting.matrix_table(matrix, labels), ""]
+        if name == "lfre":
+            lines += lfre_spread_section(sets, kind, rows, matrix, pointwise, output_dir)
+    return lines
+
+
+def _root_mean_square(errors: np.ndarray) -> float:
+    """LFRE from its pointwise errors, as :func:`mlipprobe.analysis.lfre` computes it."""
+    return float(np.linalg.norm(errors) / np.sqrt(len(errors)))
+
+
+def lfre_spread_section(sets, kind, rows, matrix, pointwise, output_dir: Path, worst: int = 5) -> list[str]:
+    """Median of the pointwise LFRE per ordered pair, and each pair's worst atoms.
+
+    LFRE is a root mean square over test atoms, and a few badly reconstructed atoms can
+    dominate it: typically atoms of a rare element or environment, whose nearest training
+    atoms are unlike them (a nitrogen among hydrogens), so that the local ridge
+    extrapolates. The median shows the typical atom. ``pointwise`` holds the pairs'
+    errors in :func:`pair_matrix` order (row-major).
+    """
+    labels = [s.label for s in sets]
+    n = len(labels)
+    median = np.array([np.median(errors) for errors in pointwise]).reshape(n, n)
+    reporting.write_matrix(median, labels, output_dir / "tables" / f"lfre_median_{kind}")
+    structure_index, numbers = sets[0].atoms()
+    test_rows = reconstruction_split(len(structure_index) if rows is None else len(rows))[1]
+    test_rows = test_rows if rows is None else rows[test_rows]
+    table, dominated, dominating = [], [], Counter()
+    for pair, errors in enumerate(pointwise):
+        source, target = labels[pair // n], labels[pair % n]
+        for atom in np.argsort(-errors)[:worst]:
+            row = int(test_rows[atom])
+            table.append({"X": source, "Y": target, "row": row, "structure_index": int(structure_index[row]),
+                          "atomic_number": int(numbers[row]), "lfre": float(errors[atom])})
+        if matrix.flat[pair] > 2 * median.flat[pair] and matrix.flat[pair] > 0.05:
+            dominated.append(f"{source} -> {target} ({matrix.flat[pair]:.3g} vs median {median.flat[pair]:.3g})")
+            dominating.update(chemical_symbols[row["atomic_number"]] for row in table[-worst:])
+    reporting.write_rows(table, output_dir / "tables" / f"lfre_worst_atoms_{kind}.csv")
+    lines = ["LFRE is the root mean square of per-atom errors; their median per pair (the typical atom):", "",
+             reporting.matrix_table(median, labels), ""]
+    if dominated:
+        elements = ", ".join(f"{symbol} {count}" for symbol, count in dominating.most_common())
+        lines += [f"Where LFRE is more than twice the median, a few atoms dominate it: {'; '.join(dominated)}. "
+                  f"Elements of those pairs' {worst} worst atoms: {elements}; atoms of a rare element or environment "
+                  "have nearest training atoms unlike them, and the local fit extrapolates. The "
+                  f"{worst} worst atoms of every pair are in `tables/lfre_worst_atoms_{kind}.csv`.", ""]
     return lines
 
 
