@@ -157,8 +157,8 @@ def lfre_spread_section(sets, kind, rows, matrix, pointwise, output_dir: Path, w
     if dominated:
         elements = ", ".join(f"{symbol} {count}" for symbol, count in dominating.most_common())
         lines += [f"Where LFRE is more than twice the median, a few atoms dominate it: {'; '.join(dominated)}. "
-                  f"Elements of those pairs' {worst} worst atoms: {elements}; atoms of a rare element or environment "
-                  "have nearest training atoms unlike them, and the local fit extrapolates. The "
+                  f"Elements of those pairs' {worst} worst atoms: {elements}. Such atoms typically belong to a rare "
+                  "element or environment: their nearest training atoms are unlike them and the local fit extrapolates. The "
                   f"{worst} worst atoms of every pair are in `tables/lfre_worst_atoms_{kind}.csv`.", ""]
     return lines
 
