@@ -165,6 +165,26 @@ def test_reported_gfre_equals_the_closed_form_on_the_files(embedding_folder, tmp
     assert matrix[0][1] == pytest.approx(gfre(x, y), rel=1e-12)
 
 
+
+def test_pair_values_measures_identical_features_once():
+    from mlipprobe.comparison import EmbeddingSet, pair_values
+
+    rng = np.random.default_rng(0)
+    parent, child = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
+    sets = [EmbeddingSet(label, Path(f"{label}.h5"), {}, {"backbone": x})
+            for label, x in (("parent", parent), ("child", child), ("head", parent.copy()))]
+    calls = []
+
+    def measure(x, y):
+        calls.append((x, y))
+        return float(np.abs(x - y).sum())
+
+    values = pair_values(sets, "backbone", measure, rows=np.arange(15))
+    assert len(calls) == 4  # parent and head share their features
+    expected = [[float(np.abs(a.features("backbone")[:15] - b.features("backbone")[:15]).sum()) for b in sets]
+                for a in sets]
+    assert values == expected
+
 def test_files_describing_other_atoms_are_refused(embedding_folder, tmp_path):
     other = tmp_path / "other.h5"
     with h5py.File(embedding_folder / "parent" / "embeddings" / "parent.h5") as source, h5py.File(other, "w") as copy:

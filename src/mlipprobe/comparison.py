@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import h5py
 import numpy as np
@@ -107,22 +108,22 @@ def check_same_atoms(sets: Sequence[EmbeddingSet]) -> tuple[np.ndarray, np.ndarr
     return structure_index, numbers
 
 
-def pair_matrix(
+def pair_values(
     sets: Sequence[EmbeddingSet],
     kind: str,
-    measure: Callable[[np.ndarray, np.ndarray], float],
+    measure: Callable[[np.ndarray, np.ndarray], Any],
     rows: np.ndarray | None = None,
-) -> np.ndarray:
-    """``M[i, j] = measure(X_i, X_j)``: how well checkpoint i's features reconstruct j's.
+) -> list[list[Any]]:
+    """``values[i][j] = measure(X_i, X_j)``: how well checkpoint i's features reconstruct j's.
 
     Diagonal entries are computed too (they should be ~0 and check the measure).
+    Checkpoints whose features are identical (a frozen backbone shared by the parent and
+    its head-trained children) are measured once, and share their values.
     """
-    n = len(sets)
-    matrix = np.zeros((n, n))
-    for i, source in enumerate(sets):
-        for j, target in enumerate(sets):
-            x, y = source.features(kind), target.features(kind)
-            if rows is not None:
-                x, y = x[rows], y[rows]
-            matrix[i, j] = measure(x, y)
-    return matrix
+    features = [s.features(kind) if rows is None else s.features(kind)[rows] for s in sets]
+    first_with: dict[bytes, int] = {}
+    same_as = [first_with.setdefault(hashlib.sha256(np.ascontiguousarray(x).tobytes()).digest(), i)
+               for i, x in enumerate(features)]
+    distinct = sorted(set(same_as))
+    values = {(i, j): measure(features[i], features[j]) for i in distinct for j in distinct}
+    return [[values[same_as[i], same_as[j]] for j in range(len(sets))] for i in range(len(sets))]

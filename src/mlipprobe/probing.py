@@ -16,6 +16,7 @@ Report folder (``<paths.output_dir>/report``, written whole or not at all)::
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -47,7 +48,7 @@ from mlipprobe.comparison import (
     check_same_atoms,
     find_embedding_files,
     load_embedding_sets,
-    pair_matrix,
+    pair_values,
 )
 from mlipprobe.io import atomic_directory, atomic_path
 
@@ -91,13 +92,8 @@ def reconstruction_section(sets, kind, rows, cfg, output_dir: Path, names=None) 
     if "gfre" in names:
         measures["gfre"] = ("GFRE", lambda x, y: gfre(x, y))
     if "lfre" in names:
-        k, pointwise = cfg.reconstruction.n_local_points, []
-
-        def lfre_keeping_pointwise(x, y):
-            pointwise.append(pointwise_lfre(x, y, k))
-            return _root_mean_square(pointwise[-1])
-
-        measures["lfre"] = ("LFRE", lfre_keeping_pointwise)
+        k = cfg.reconstruction.n_local_points
+        measures["lfre"] = ("LFRE", lambda x, y: pointwise_lfre(x, y, k))
     if "nonlinear" in names:
         from mlipprobe.probes.fit import reconstruction_error
 
@@ -110,13 +106,14 @@ def reconstruction_section(sets, kind, rows, cfg, output_dir: Path, names=None) 
     lines = []
     for name, (title, measure) in measures.items():
         log.info("%s matrix on %s features of %d checkpoints", title, kind, len(sets))
-        matrix = pair_matrix(sets, kind, measure, rows)
+        values = pair_values(sets, kind, measure, rows)
+        matrix = np.array([[_root_mean_square(v) if name == "lfre" else v for v in row] for row in values])
         reporting.write_matrix(matrix, labels, output_dir / "tables" / f"{name}_{kind}")
         figure = reporting.heatmap(matrix, labels, f"{title}, {kind} features", output_dir / "figures" / f"{name}_{kind}.png")
         lines += [f"### {title}: `{kind}` features", "", f"![{name} {kind}](figures/{figure.name})", "",
                   reporting.matrix_table(matrix, labels), ""]
         if name == "lfre":
-            lines += lfre_spread_section(sets, kind, rows, matrix, pointwise, output_dir)
+            lines += lfre_spread_section(sets, kind, rows, matrix, values, output_dir)
     return lines
 
 
@@ -131,25 +128,24 @@ def lfre_spread_section(sets, kind, rows, matrix, pointwise, output_dir: Path, w
     LFRE is a root mean square over test atoms, and a few badly reconstructed atoms can
     dominate it: typically atoms of a rare element or environment, whose nearest training
     atoms are unlike them (a nitrogen among hydrogens), so that the local ridge
-    extrapolates. The median shows the typical atom. ``pointwise`` holds the pairs'
-    errors in :func:`pair_matrix` order (row-major).
+    extrapolates. The median shows the typical atom. ``pointwise[i][j]``: the errors of
+    reconstructing checkpoint j's features from i's, per test atom.
     """
     labels = [s.label for s in sets]
-    n = len(labels)
-    median = np.array([np.median(errors) for errors in pointwise]).reshape(n, n)
+    median = np.array([[np.median(errors) for errors in row] for row in pointwise])
     reporting.write_matrix(median, labels, output_dir / "tables" / f"lfre_median_{kind}")
     structure_index, numbers = sets[0].atoms()
     test_rows = reconstruction_split(len(structure_index) if rows is None else len(rows))[1]
     test_rows = test_rows if rows is None else rows[test_rows]
     table, dominated, dominating = [], [], Counter()
-    for pair, errors in enumerate(pointwise):
-        source, target = labels[pair // n], labels[pair % n]
+    for (i, source), (j, target) in itertools.product(enumerate(labels), repeat=2):
+        errors = pointwise[i][j]
         for atom in np.argsort(-errors)[:worst]:
             row = int(test_rows[atom])
             table.append({"X": source, "Y": target, "row": row, "structure_index": int(structure_index[row]),
                           "atomic_number": int(numbers[row]), "lfre": float(errors[atom])})
-        if matrix.flat[pair] > 2 * median.flat[pair] and matrix.flat[pair] > 0.05:
-            dominated.append(f"{source} -> {target} ({matrix.flat[pair]:.3g} vs median {median.flat[pair]:.3g})")
+        if matrix[i, j] > 2 * median[i, j] and matrix[i, j] > 0.05:
+            dominated.append(f"{source} -> {target} ({matrix[i, j]:.3g} vs median {median[i, j]:.3g})")
             dominating.update(chemical_symbols[row["atomic_number"]] for row in table[-worst:])
     reporting.write_rows(table, output_dir / "tables" / f"lfre_worst_atoms_{kind}.csv")
     lines = ["LFRE is the root mean square of per-atom errors; their median per pair (the typical atom):", "",
