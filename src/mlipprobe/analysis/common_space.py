@@ -337,10 +337,10 @@ def alignment_matrices(features: Sequence, k: int = 10, *, device=None) -> dict[
     pair terms are then one product each:
 
     .. math::
-        \mathrm{CKA}_{ij} = rac{\lVert \mathbf{X}_j^T \mathbf{X}_i Vert_F^2}
-        {\lVert \mathbf{X}_i^T \mathbf{X}_i Vert_F \lVert \mathbf{X}_j^T \mathbf{X}_j Vert_F},
+        \mathrm{CKA}_{ij} = \frac{\lVert \mathbf{X}_j^T \mathbf{X}_i \rVert_F^2}
+        {\lVert \mathbf{X}_i^T \mathbf{X}_i \rVert_F \lVert \mathbf{X}_j^T \mathbf{X}_j \rVert_F},
         \qquad
-        P_{ij} = \sqrt{2 - 2 \lVert \hat{\mathbf{X}}_i^T \hat{\mathbf{X}}_j Vert_*}
+        P_{ij} = \sqrt{2 - 2 \lVert \hat{\mathbf{X}}_i^T \hat{\mathbf{X}}_j \rVert_*}
 
     (centred :math:`\mathbf{X}`; unit-norm :math:`\hat{\mathbf{X}}`), the same values
     as :func:`linear_cka` and :func:`procrustes_error` (the latter up to rounding of
