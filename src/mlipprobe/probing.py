@@ -43,6 +43,7 @@ from mlipprobe.analysis import (
     structure_atypicality,
     structure_cumulants,
 )
+from mlipprobe.analysis.reconstruction import root_mean_square
 from mlipprobe.comparison import (
     EmbeddingSet,
     check_same_atoms,
@@ -84,8 +85,9 @@ def load_targets(sets: list[EmbeddingSet], structure_index: np.ndarray, cfg: Dic
     return per_structure, per_atom, vectors
 
 
-def reconstruction_section(sets, kind, rows, cfg, output_dir: Path, names=None) -> list[str]:
-    """GFRE/LFRE/nonlinear matrices: ``names`` (default: those switched on in ``cfg.reconstruction``)."""
+def reconstruction_section(sets, kind, rows, atoms, cfg, output_dir: Path, names=None) -> list[str]:
+    """GFRE/LFRE/nonlinear matrices: ``names`` (default: those switched on in ``cfg.reconstruction``);
+    ``atoms`` = (structure_index, atomic_numbers) of the files' rows."""
     labels = [s.label for s in sets]
     names = [n for n in ("gfre", "lfre", "nonlinear") if cfg.reconstruction[n]] if names is None else list(names)
     measures = {}
@@ -107,22 +109,17 @@ def reconstruction_section(sets, kind, rows, cfg, output_dir: Path, names=None) 
     for name, (title, measure) in measures.items():
         log.info("%s matrix on %s features of %d checkpoints", title, kind, len(sets))
         values = pair_values(sets, kind, measure, rows)
-        matrix = np.array([[_root_mean_square(v) if name == "lfre" else v for v in row] for row in values])
+        matrix = np.array([[root_mean_square(v) if name == "lfre" else v for v in row] for row in values])
         reporting.write_matrix(matrix, labels, output_dir / "tables" / f"{name}_{kind}")
         figure = reporting.heatmap(matrix, labels, f"{title}, {kind} features", output_dir / "figures" / f"{name}_{kind}.png")
         lines += [f"### {title}: `{kind}` features", "", f"![{name} {kind}](figures/{figure.name})", "",
                   reporting.matrix_table(matrix, labels), ""]
         if name == "lfre":
-            lines += lfre_spread_section(sets, kind, rows, matrix, values, output_dir)
+            lines += lfre_spread_section(labels, kind, rows, atoms, matrix, values, output_dir)
     return lines
 
 
-def _root_mean_square(errors: np.ndarray) -> float:
-    """LFRE from its pointwise errors, as :func:`mlipprobe.analysis.lfre` computes it."""
-    return float(np.linalg.norm(errors) / np.sqrt(len(errors)))
-
-
-def lfre_spread_section(sets, kind, rows, matrix, pointwise, output_dir: Path, worst: int = 5) -> list[str]:
+def lfre_spread_section(labels, kind, rows, atoms, matrix, pointwise, output_dir: Path, worst: int = 5) -> list[str]:
     """Median of the pointwise LFRE per ordered pair, and each pair's worst atoms.
 
     LFRE is a root mean square over test atoms, and a few badly reconstructed atoms can
@@ -131,22 +128,21 @@ def lfre_spread_section(sets, kind, rows, matrix, pointwise, output_dir: Path, w
     extrapolates. The median shows the typical atom. ``pointwise[i][j]``: the errors of
     reconstructing checkpoint j's features from i's, per test atom.
     """
-    labels = [s.label for s in sets]
     median = np.array([[np.median(errors) for errors in row] for row in pointwise])
     reporting.write_matrix(median, labels, output_dir / "tables" / f"lfre_median_{kind}")
-    structure_index, numbers = sets[0].atoms()
+    structure_index, numbers = atoms
     test_rows = reconstruction_split(len(structure_index) if rows is None else len(rows))[1]
     test_rows = test_rows if rows is None else rows[test_rows]
     table, dominated, dominating = [], [], Counter()
     for (i, source), (j, target) in itertools.product(enumerate(labels), repeat=2):
         errors = pointwise[i][j]
-        for atom in np.argsort(-errors)[:worst]:
-            row = int(test_rows[atom])
-            table.append({"X": source, "Y": target, "row": row, "structure_index": int(structure_index[row]),
-                          "atomic_number": int(numbers[row]), "lfre": float(errors[atom])})
+        worst_atoms = np.argsort(-errors)[:worst]
+        table += [{"X": source, "Y": target, "row": int(row), "structure_index": int(structure_index[row]),
+                   "atomic_number": int(numbers[row]), "lfre": float(errors[atom])}
+                  for atom, row in zip(worst_atoms, test_rows[worst_atoms])]
         if matrix[i, j] > 2 * median[i, j] and matrix[i, j] > 0.05:
             dominated.append(f"{source} -> {target} ({matrix[i, j]:.3g} vs median {median[i, j]:.3g})")
-            dominating.update(chemical_symbols[row["atomic_number"]] for row in table[-worst:])
+            dominating.update(chemical_symbols[z] for z in numbers[test_rows[worst_atoms]])
     reporting.write_rows(table, output_dir / "tables" / f"lfre_worst_atoms_{kind}.csv")
     lines = ["LFRE is the root mean square of per-atom errors; their median per pair (the typical atom):", "",
              reporting.matrix_table(median, labels), ""]
@@ -457,7 +453,8 @@ def common_space_section(sets, kind, structure_index, numbers, rows, targets, cf
               f"All structures in `tables/atypicality_{kind}.csv`, every atom in `tables/atypicality_atoms_{kind}.csv`.",
               "", reporting.markdown_table(top), ""]
     if cs.reconstruction:
-        lines += reconstruction_section(projected, common_kind, rows, cfg, output_dir, names=cs.reconstruction)
+        lines += reconstruction_section(projected, common_kind, rows, (structure_index, numbers), cfg, output_dir,
+                                        names=cs.reconstruction)
     probes, cpd = [], []
     if cs.probes and targets and cfg.probes.enabled:
         probes, cpd = probe_rows(projected, common_kind, structure_index, numbers, targets, cfg)
@@ -510,7 +507,7 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
     probe_table, cpd_table, cumulant_table, curve_table = [], [], [], []
     for kind in cfg.features:
         lines += [f"## `{kind}` features", ""]
-        lines += reconstruction_section(sets, kind, rows, cfg, output_dir)
+        lines += reconstruction_section(sets, kind, rows, (structure_index, numbers), cfg, output_dir)
         if cfg.common_space.enabled:
             section, probes, cpd = common_space_section(sets, kind, structure_index, numbers, rows, targets, cfg, output_dir)
             lines += section

@@ -186,7 +186,7 @@ def gfre(
     Goscinski, Fraux, Imbalzano, Ceriotti, Mach. Learn.: Sci. Technol. 2, 025028
     (2021) [Goscinski2021]_.
     """
-    return _root_mean_square(
+    return root_mean_square(
         pointwise_gfre(
             X,
             Y,
@@ -330,7 +330,7 @@ def lfre(
     Goscinski, Fraux, Imbalzano, Ceriotti, Mach. Learn.: Sci. Technol. 2, 025028
     (2021) [Goscinski2021]_.
     """
-    return _root_mean_square(
+    return root_mean_square(
         pointwise_lfre(
             X,
             Y,
@@ -892,6 +892,6 @@ def _check_positive_int(name, value):
     return int(value)
 
 
-def _root_mean_square(errors):
+def root_mean_square(errors):
     """sqrt(mean(e_i^2)), computed as scikit-matter does: ||e|| / sqrt(n)."""
     return float(np.linalg.norm(errors) / np.sqrt(len(errors)))
