@@ -32,8 +32,7 @@ from skmatter.metrics import (
 )
 from threadpoolctl import threadpool_limits
 
-from mlipprobe.analysis import pointwise_gfre, pointwise_lfre
-from mlipprobe.analysis import reconstruction
+from mlipprobe.analysis import pointwise_gfre, pointwise_lfre, reconstruction
 
 
 def parse_args(argv=None):

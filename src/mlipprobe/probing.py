@@ -331,8 +331,7 @@ def load_anchor_rows(path: str | Path, structure_index: np.ndarray, numbers: np.
 def write_anchors(record: dict, path: Path) -> None:
     with atomic_path(path.with_suffix(".json")) as temporary:
         temporary.write_text(json.dumps(record, indent=1))
-    with atomic_path(path.with_suffix(".csv")) as temporary:
-        reporting.write_rows([{"anchor": i, **a} for i, a in enumerate(record["anchors"])], temporary)
+    reporting.write_rows([{"anchor": i, **a} for i, a in enumerate(record["anchors"])], path.with_suffix(".csv"))
 
 
 def symmetric_matrix(n: int, measure, diagonal: float | None = None) -> np.ndarray:

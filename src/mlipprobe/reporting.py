@@ -27,10 +27,11 @@ def write_matrix(matrix: np.ndarray, labels: Sequence[str], path: str | Path) ->
     return path.with_suffix(".csv"), path.with_suffix(".json")
 
 
-def write_rows(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """A CSV of dictionaries (columns: every key, in order of first appearance)."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as handle:
+def write_rows(rows: Sequence[Mapping], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """A CSV of dictionaries, written atomically; ``columns`` (default: every key, in order
+    of first appearance) must hold every key, and a row's missing keys are left blank."""
+    columns = list(columns or dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)

@@ -16,7 +16,6 @@ summary is complete when the sweep ends, whatever the launcher, and failed jobs 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -254,15 +253,10 @@ def write_summary(sweep_dir: str | Path) -> tuple[Path, Path] | None:
 
 
 def _write_summary(sweep_dir: Path, rows: list[dict]) -> None:
-    from mlipprobe.reporting import markdown_table
+    from mlipprobe.reporting import markdown_table, write_rows
 
     metrics = sorted({k for row in rows for k in row if "/" in k})
-    columns = [*SUMMARY_COLUMNS, *metrics, "checkpoint", "embeddings", "error"]
-    with atomic_path(sweep_dir / "summary.csv") as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
+    write_rows(rows, sweep_dir / "summary.csv", [*SUMMARY_COLUMNS, *metrics, "checkpoint", "embeddings", "error"])
     shown = [*SUMMARY_COLUMNS, *(m for m in metrics if m.startswith("test/")), "error"]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "running")}
     text = (f"# Sweep {sweep_dir}\n\n{len(rows)} jobs: {counts['finished']} finished, {counts['failed']} failed, "
