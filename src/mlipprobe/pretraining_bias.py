@@ -96,12 +96,12 @@ def distances(models: list[Model], kind: str, cfg: DictConfig, rows: np.ndarray 
     LFRE to the parents (own and other), on the atoms ``rows`` (all when None)."""
     parents = {m.parent: m for m in models if m.strategy == "parent"}
     scratch = {(m.parent, m.seed): m for m in models if m.strategy == "scratch"}
+    chosen, k = slice(None) if rows is None else rows, cfg.reconstruction.n_local_points
     table = []
     for child in (m for m in models if m.strategy != "parent"):
         references = {"own parent": parents[child.parent], "other parent": parents[{"a": "b", "b": "a"}[child.parent]]}
         if child.strategy != "scratch" and (child.parent, child.seed) in scratch:
             references["scratch"] = scratch[(child.parent, child.seed)]
-        chosen = slice(None) if rows is None else rows
         x = child.embedding.features(kind)[chosen]
         for role, reference in references.items():
             y = reference.embedding.features(kind)[chosen]
@@ -111,7 +111,6 @@ def distances(models: list[Model], kind: str, cfg: DictConfig, rows: np.ndarray 
                    "gfre": 0.5 * (forward + reverse), "gfre_child_to_reference": forward,
                    "gfre_reference_to_child": reverse}
             if cfg.reconstruction.lfre and role != "scratch":
-                k = cfg.reconstruction.n_local_points
                 row["lfre"] = 0.5 * (lfre(x, y, k, random_state=cfg.seed) + lfre(y, x, k, random_state=cfg.seed))
             table.append(row)
     return table
