@@ -108,6 +108,14 @@ def check_same_atoms(sets: Sequence[EmbeddingSet]) -> tuple[np.ndarray, np.ndarr
     return structure_index, numbers
 
 
+def atom_subset(n_atoms: int, max_atoms: int, seed: int) -> np.ndarray | None:
+    """Sorted rows of a seeded random subset of ``max_atoms`` atoms; None (all) when there
+    are no more atoms than that."""
+    if n_atoms <= max_atoms:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_atoms, max_atoms, replace=False))
+
+
 def pair_values(
     sets: Sequence[EmbeddingSet],
     kind: str,

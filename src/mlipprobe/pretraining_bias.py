@@ -32,11 +32,12 @@ from omegaconf import DictConfig
 
 from mlipprobe import reporting
 from mlipprobe.analysis import gfre, lfre
-from mlipprobe.comparison import EmbeddingSet, check_same_atoms
+from mlipprobe.comparison import EmbeddingSet, atom_subset, check_same_atoms
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ["full", "head", "transfer_full", "transfer_head", "scratch"]
+OTHER_PARENT = {"a": "b", "b": "a"}
 TASK_METRICS = {  # the child's task -> (metric in job.json, label, factor to the shown unit)
     "energy": ("test/energy_per_atom_mae", "G MAE (meV/atom)", 1000.0),
     "gap": ("test/gap_mae", "gap MAE (eV)", 1.0),
@@ -99,7 +100,7 @@ def distances(models: list[Model], kind: str, cfg: DictConfig, rows: np.ndarray 
     chosen, k = slice(None) if rows is None else rows, cfg.reconstruction.n_local_points
     table = []
     for child in (m for m in models if m.strategy != "parent"):
-        references = {"own parent": parents[child.parent], "other parent": parents[{"a": "b", "b": "a"}[child.parent]]}
+        references = {"own parent": parents[child.parent], "other parent": parents[OTHER_PARENT[child.parent]]}
         if child.strategy != "scratch" and (child.parent, child.seed) in scratch:
             references["scratch"] = scratch[(child.parent, child.seed)]
         x = child.embedding.features(kind)[chosen]
@@ -199,7 +200,7 @@ def _column(row: dict) -> str:
     if row["reference"] == "scratch":
         return "scratch"
     own = row["reference"] == "own parent"
-    return f"parent {row['parent'] if own else {'a': 'b', 'b': 'a'}[row['parent']]}"
+    return f"parent {row['parent'] if own else OTHER_PARENT[row['parent']]}"
 
 
 def tradeoff_figure(models: list[Model], rows: list[dict], kind: str, path: Path) -> Path:
@@ -250,9 +251,7 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
     models = load_study(cfg.inputs)
     structure_index, _ = check_same_atoms([m.embedding for m in models])
     n_atoms = len(structure_index)
-    rows = None
-    if n_atoms > cfg.max_atoms:
-        rows = np.sort(np.random.default_rng(cfg.seed).choice(n_atoms, cfg.max_atoms, replace=False))
+    rows = atom_subset(n_atoms, cfg.max_atoms, cfg.seed)
     n_children = sum(m.strategy != "parent" for m in models)
     seeds = sorted({m.seed for m in models if m.strategy != "parent"})
     lines = [

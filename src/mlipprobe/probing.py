@@ -46,6 +46,7 @@ from mlipprobe.analysis import (
 from mlipprobe.analysis.reconstruction import root_mean_square
 from mlipprobe.comparison import (
     EmbeddingSet,
+    atom_subset,
     check_same_atoms,
     find_embedding_files,
     load_embedding_sets,
@@ -480,9 +481,8 @@ def write_report(cfg: DictConfig, output_dir: Path) -> list[EmbeddingSet]:
     paths = find_embedding_files(cfg.inputs)
     sets = load_embedding_sets(paths)
     structure_index, numbers = check_same_atoms(sets)
-    rng = np.random.default_rng(cfg.seed)
     n_atoms = len(structure_index)
-    rows = None if n_atoms <= cfg.max_atoms else np.sort(rng.choice(n_atoms, cfg.max_atoms, replace=False))
+    rows = atom_subset(n_atoms, cfg.max_atoms, cfg.seed)
     targets, atom_targets, vector_targets = load_targets(sets, structure_index, cfg)
 
     lines = [
